@@ -94,6 +94,28 @@ class UpstreamError(KiroFastError):
     error_type = "api_error"
 
 
+#: What each upstream failure ``kind`` means for the client: (status, error type,
+#: retryable). Shared by HTTP error answers and mid-stream exception frames.
+UPSTREAM_KINDS: dict[str, tuple[int, str, bool]] = {
+    "context_too_long": (400, "invalid_request_error", False),
+    "bad_request": (400, "invalid_request_error", False),
+    "quota": (429, "rate_limit_error", False),
+    "user_throttled": (429, "rate_limit_error", True),
+    "throttled": (429, "rate_limit_error", True),
+    "capacity": (529, "overloaded_error", True),
+    "server": (529, "overloaded_error", True),
+    "bearer_invalid": (502, "api_error", False),
+    "suspended": (502, "api_error", False),
+    "forbidden": (502, "api_error", False),
+    "other": (502, "api_error", False),
+}
+
+
+def _apply_kind(error: UpstreamError, kind: str) -> None:
+    status, error_type, retryable = UPSTREAM_KINDS.get(kind, UPSTREAM_KINDS["other"])
+    error.status, error.error_type, error.retryable = status, error_type, retryable  # type: ignore[misc]
+
+
 class UpstreamUnavailable(UpstreamError):
     """Connection refused, reset, DNS failure."""
 
@@ -131,15 +153,22 @@ class UpstreamStatusError(UpstreamError):
         self.reason = reason
         self.upstream_message = upstream_message
         self.retry_after = retry_after
-        self.retryable = kind in {"capacity", "server", "throttled", "user_throttled"}  # type: ignore[misc]
+        _apply_kind(self, kind)
 
 
 class UpstreamException(UpstreamError):
-    """An ``exception`` or ``error`` frame inside the event stream."""
+    """An ``exception`` or ``error`` frame inside the event stream.
 
-    def __init__(self, message: str, *, exception_type: str | None = None) -> None:
+    ``kind`` uses the vocabulary of :class:`UpstreamStatusError` (``capacity``,
+    ``throttled``, ``quota``, ``context_too_long``, ``other``), so failover and the
+    client answer treat a mid-stream exception like the HTTP error it stands for.
+    """
+
+    def __init__(self, message: str, *, exception_type: str | None = None, kind: str = "other") -> None:
         super().__init__(message)
         self.exception_type = exception_type
+        self.kind = kind
+        _apply_kind(self, kind)
 
 
 class Overloaded(UpstreamError):
