@@ -164,7 +164,9 @@ class UpstreamException(UpstreamError):
     client answer treat a mid-stream exception like the HTTP error it stands for.
     """
 
-    def __init__(self, message: str, *, exception_type: str | None = None, kind: str = "other") -> None:
+    def __init__(
+        self, message: str, *, exception_type: str | None = None, kind: str = "other"
+    ) -> None:
         super().__init__(message)
         self.exception_type = exception_type
         self.kind = kind
