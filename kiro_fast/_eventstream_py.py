@@ -16,16 +16,27 @@ The CRC is the IEEE CRC-32 that :func:`zlib.crc32` computes. Header value types:
 
 Strategy, shared with ``_eventstream.pyx``:
 
-* One ``bytearray`` buffer with a read offset; consumed bytes are dropped only when
-  the offset passes half the buffer, so feeding is amortised O(n) however the bytes
-  are split (h11's ``_receivebuffer`` explains why).
-* A feed arriving on an empty buffer is parsed in place, without copying it.
+* Only the bytes of the next, incomplete message are kept between feeds. A feed
+  arriving with nothing pending is parsed in place, without a copy; otherwise it is
+  appended to the pending bytes, and parsed only once they reach the ``total_length``
+  of the message they start. Every byte is thus copied a bounded number of times and
+  feeding is amortised O(n) however the bytes are split (h11's ``_receivebuffer``
+  explains why that matters).
 * The prelude is checked as soon as its 12 bytes are in: a corrupt length raises at
-  once instead of waiting for bytes that will never come.
+  once instead of waiting for bytes that will never come. Prelude checks run in the
+  order CRC, too short, too large, headers length; the message CRC is checked before
+  the header block is parsed.
 * Upstream frames of one stream carry byte-identical header blocks, so the last
-  parsed block is kept and reused when the next one matches.  Messages built from
+  parsed block is kept and reused when the next one matches, together with its
+  ``:event-type``/``:message-type``/``:exception-type`` values. Messages built from
   the same block share one ``headers`` dict: treat it as read-only.
-* Errors are terminal: once a feed raised, the decoder raises the same error again.
+* Errors are terminal: once a feed raised, the decoder holds no bytes and raises the
+  same error again from ``feed`` and ``feed_eof``.
+
+Python-specific: the pending bytes are a ``bytearray`` that is copied into ``bytes``
+once per parse, because slicing ``bytes`` (for CRCs and payloads) is cheaper than
+slicing a ``bytearray`` or a ``memoryview``; per-message work avoids method lookups
+and ``Message.__init__`` (see ``_parse``).
 
 This module must not import asyncio or anything that does I/O.
 """
@@ -168,6 +179,7 @@ _FIXED: Final[dict[int, tuple[int, Any]]] = {
 
 
 def _lookup_types(headers: dict[str, HeaderValue]) -> tuple[Any, Any, Any]:
+    """The values a Message exposes as event_type, message_type, exception_type."""
     get = headers.get
     return get(":event-type"), get(":message-type"), get(":exception-type")
 
@@ -216,14 +228,13 @@ class EventStreamDecoder:
             buf += data
             if len(buf) < self._need:
                 return out
-            # Slicing bytes is cheaper than slicing a bytearray or a memoryview. One copy
-            # per parse keeps feeding O(n): a message still short of its total_length is
-            # neither parsed nor copied again (the test above).
+            # One copy per parse (see the module docstring); a message still short of its
+            # total_length is neither parsed nor copied again, so feeding stays O(n).
             data = bytes(buf)
             buf.clear()
         # else nothing is pending: parse the caller's bytes where they are.
         try:
-            used = self._parse(data, len(data), out)
+            used = self._parse(data, out)
         except EventStreamError as exc:
             exc.messages = list(out)
             self._error = exc
@@ -243,8 +254,8 @@ class EventStreamDecoder:
         if self.buffered:
             raise TruncatedStream(f"stream ended inside a message ({self.buffered} bytes buffered)")
 
-    def _parse(self, buf: bytes, end: int, out: list[Message]) -> int:
-        """Append the messages complete in ``buf[:end]`` to ``out``; return the bytes used."""
+    def _parse(self, buf: bytes, out: list[Message]) -> int:
+        """Append the messages complete in ``buf`` to ``out``; return the bytes used."""
         # Module-level aliases and unpacked state: in the one-message-per-feed case,
         # binding methods to locals would cost more than it saves.
         max_size = self._max
@@ -253,6 +264,7 @@ class EventStreamDecoder:
         headers = self._last_headers
         event_type, message_type, exception_type = self._last_types
         pos = 0
+        end = len(buf)
         while end - pos >= 12:
             total, headers_len, prelude_crc = _unpack_prelude(buf, pos)
             if not need:
@@ -297,6 +309,7 @@ class EventStreamDecoder:
     def _check_prelude(
         self, buf: bytes, pos: int, total: int, headers_len: int, prelude_crc: int
     ) -> None:
+        """Raise the first fault of a prelude known to be faulty, in the spec's order."""
         computed = zlib.crc32(buf[pos : pos + 8])
         if computed != prelude_crc:
             raise PreludeChecksumMismatch(prelude_crc, computed)
