@@ -1,0 +1,238 @@
+"""The application: routes, client authentication and the endpoint handlers.
+
+``App.__call__(request, exchange)`` is what the protocol runs for every request. It owns
+the route table, the client-key check (``x-api-key`` or ``Authorization: Bearer``,
+compared in constant time), JSON parsing of request bodies, and turning a
+:class:`KiroFastError` raised before the response started into the API's own error
+shape. The upstream conversation itself is :class:`relay.Relay`'s job.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from . import __version__, convert, models
+from .anthropic_sse import AnthropicMessageSink, AnthropicSSESink, BufferedSSESink
+from .config import Config
+from .errors import (
+    AuthenticationError,
+    InvalidRequest,
+    KiroFastError,
+    MethodNotAllowed,
+    NotFound,
+)
+from .eventstream import IMPLEMENTATION
+from .pool import CredentialPool
+from .protocol import Exchange, Request
+from .relay import JSON_HEADERS, Plan, Relay
+from .stream import StreamConverter
+from .upstream import UpstreamClient
+
+log = logging.getLogger("kiro_fast.app")
+
+Handler = Callable[[Request, Exchange], Awaitable[None]]
+
+#: Paths whose errors use OpenAI's shape instead of Anthropic's.
+OPENAI_PREFIXES: Final = ("/v1/chat/", "/v1/responses", "/v1/completions")
+
+
+def anthropic_error_body(status: int, error_type: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def openai_error_body(status: int, error_type: str, message: str) -> bytes:
+    kind = {
+        "invalid_request_error": "invalid_request_error",
+        "authentication_error": "authentication_error",
+        "permission_error": "permission_error",
+        "not_found_error": "not_found_error",
+        "rate_limit_error": "rate_limit_error",
+        "request_too_large": "invalid_request_error",
+        "overloaded_error": "server_error",
+    }.get(error_type, "server_error")
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+
+
+def error_body(path: str, status: int, error_type: str, message: str) -> bytes:
+    """The protocol layer's renderer too: the API's own error shape for ``path``."""
+    if path.startswith(OPENAI_PREFIXES):
+        return openai_error_body(status, error_type, message)
+    return anthropic_error_body(status, error_type, message)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return data
+
+
+@dataclass(slots=True)
+class AppState:
+    config: Config
+    pool: CredentialPool
+    client: UpstreamClient
+    relay: Relay
+    convert_options: convert.ConvertOptions
+
+
+class App:
+    """Route table and handlers."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._api_key = (state.config.api_key or "").encode()
+        self.routes: dict[str, dict[str, tuple[Handler, bool]]] = {}
+        self._install()
+
+    def _route(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
+        self.routes.setdefault(path, {})[method] = (handler, auth)
+
+    def _install(self) -> None:
+        self._route("GET", "/", self.root, auth=False)
+        self._route("HEAD", "/", self.root, auth=False)
+        self._route("GET", "/health", self.health, auth=False)
+        self._route("GET", "/v1/models", self.list_models)
+        for prefix in ("/v1", "/cc/v1"):
+            buffered = prefix == "/cc/v1"
+            self._route("POST", prefix + "/messages", self._messages_handler(buffered))
+            self._route("POST", prefix + "/messages/count_tokens", self.count_tokens)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def __call__(self, request: Request, exchange: Exchange) -> None:
+        started = time.monotonic()
+        try:
+            handler = self._resolve(request)
+            await handler(request, exchange)
+        except KiroFastError as exc:
+            self._send_error(request, exchange, exc)
+        finally:
+            log.debug(
+                "%s %s done in %.1f ms", request.method, request.path, (time.monotonic() - started) * 1e3
+            )
+
+    def _resolve(self, request: Request) -> Handler:
+        methods = self.routes.get(request.path)
+        if methods is None:
+            raise NotFound(f"no route for {request.method} {request.path}")
+        entry = methods.get(request.method)
+        if entry is None:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        handler, auth = entry
+        if auth:
+            self._authenticate(request)
+        return handler
+
+    def _authenticate(self, request: Request) -> None:
+        presented = request.header("x-api-key")
+        if presented is None:
+            authorization = request.header("authorization") or ""
+            if authorization[:7].lower() == "bearer ":
+                presented = authorization[7:].strip()
+        if not presented or not self._api_key:
+            raise AuthenticationError("missing API key: send x-api-key or Authorization: Bearer")
+        if not hmac.compare_digest(presented.encode(), self._api_key):
+            raise AuthenticationError("invalid API key")
+
+    def _send_error(self, request: Request, exchange: Exchange, exc: KiroFastError) -> None:
+        if exchange.started or exchange.disconnected:
+            log.warning("error after the response started: %s", exc.message)
+            return
+        body = error_body(request.path, exc.status, exc.error_type, exc.message)
+        headers = list(JSON_HEADERS) + [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        exchange.send(exc.status, headers, body)
+
+    # ------------------------------------------------------------------ simple endpoints
+
+    async def root(self, request: Request, exchange: Exchange) -> None:
+        body = orjson.dumps({"name": "kiro_fast", "version": __version__})
+        exchange.send(200, JSON_HEADERS, body)  # the protocol writes no body for HEAD
+
+    async def health(self, request: Request, exchange: Exchange) -> None:
+        pool = self.state.pool
+        body = {
+            "status": "ok" if pool.available() else "degraded",
+            "version": __version__,
+            "eventstream": IMPLEMENTATION,
+            "credentials": {"total": len(pool), "available": len(pool.available())},
+        }
+        exchange.send(200, JSON_HEADERS, orjson.dumps(body))
+
+    async def list_models(self, request: Request, exchange: Exchange) -> None:
+        data = models.list_models()
+        body = {
+            "object": "list",
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+        exchange.send(200, JSON_HEADERS, orjson.dumps(body))
+
+    async def count_tokens(self, request: Request, exchange: Exchange) -> None:
+        payload = parse_json_object(request.body)
+        tokens = convert.count_tokens(payload, self.state.convert_options)
+        exchange.send(200, JSON_HEADERS, orjson.dumps({"input_tokens": max(1, tokens)}))
+
+    # ------------------------------------------------------------------ messages
+
+    def _messages_handler(self, buffered: bool) -> Handler:
+        async def handler(request: Request, exchange: Exchange) -> None:
+            await self.messages(request, exchange, buffered=buffered)
+
+        return handler
+
+    async def messages(self, request: Request, exchange: Exchange, *, buffered: bool) -> None:
+        payload = parse_json_object(request.body)
+        converted = convert.anthropic_to_kiro(
+            payload,
+            self.state.convert_options,
+            request_id=request.request_id,
+            session_id=request.header("x-claude-code-session-id") or "",
+        )
+        streaming = payload.get("stream") is True
+        message_id = "msg_" + uuid.uuid4().hex
+        model = converted.client_model
+        estimate = converted.input_tokens
+
+        def make_sink() -> Any:
+            if not streaming:
+                return AnthropicMessageSink(model, message_id, input_estimate=estimate)
+            if buffered:
+                return BufferedSSESink(model, message_id, input_estimate=estimate)
+            return AnthropicSSESink(model, message_id, input_estimate=estimate)
+
+        def make_converter(sink: Any) -> StreamConverter:
+            return StreamConverter(
+                sink,
+                thinking=converted.thinking,
+                tool_names=converted.tool_names,
+                context_window=converted.context_window,
+                input_tokens=estimate,
+            )
+
+        def render_error(exc: KiroFastError) -> tuple[int, bytes]:
+            return exc.status, anthropic_error_body(exc.status, exc.error_type, exc.message)
+
+        plan = Plan(
+            body=converted.body_json,
+            make_sink=make_sink,
+            make_converter=make_converter,
+            streaming=streaming,
+            render_error=render_error,
+        )
+        await self.state.relay.run(exchange, plan)

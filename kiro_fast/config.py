@@ -1,0 +1,339 @@
+"""Settings: the one place configuration is read.
+
+Sources, lowest precedence first: built-in defaults, the JSON config file (kiro.rs's
+``config.json`` keys load unchanged, camelCase), environment variables, command-line
+flags. The result is a frozen :class:`Config`.
+
+Rules:
+
+* Every key kiro.rs documents is accepted (some are accepted and ignored, such as
+  ``tlsBackend``: aiohttp has one TLS stack). Any other key is a start-up error that
+  names it, and so is a value of the wrong type, so a typo never silently does nothing.
+* Each field declares its JSON key, its environment variable(s) and a validator;
+  :func:`describe_fields` renders the table for the README.
+* Upstream base URLs may contain ``{region}``; they are configurable so tests, the demo
+  and benchmarks point kiro_fast at the built-in fake upstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import ConfigError
+
+#: kiro.rs picks one of these at start-up when systemVersion is not configured.
+SYSTEM_VERSIONS = ("darwin#24.6.0", "win32#10.0.22631")
+
+DEFAULT_KIRO_API_BASE = "https://q.{region}.amazonaws.com"
+DEFAULT_KIRO_AUTH_BASE = "https://prod.{region}.auth.desktop.kiro.dev"
+DEFAULT_OIDC_BASE = "https://oidc.{region}.amazonaws.com"
+
+
+def _meta(key: str, env: tuple[str, ...] = (), doc: str = "", secret: bool = False) -> Any:
+    return {"key": key, "env": env, "doc": doc, "secret": secret}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Validated settings. Field metadata: JSON key, environment variables, help text."""
+
+    # --- listening
+    host: str = field(default="127.0.0.1", metadata=_meta("host", ("KIRO_FAST_HOST",), "listen address"))
+    port: int = field(default=8080, metadata=_meta("port", ("KIRO_FAST_PORT",), "listen port"))
+    api_key: str | None = field(
+        default=None,
+        metadata=_meta("apiKey", ("KIRO_FAST_API_KEY",), "client API key (x-api-key or Bearer)", True),
+    )
+    admin_api_key: str | None = field(
+        default=None,
+        metadata=_meta("adminApiKey", ("KIRO_FAST_ADMIN_API_KEY",), "admin API key", True),
+    )
+    # --- regions and identity sent upstream
+    region: str = field(default="us-east-1", metadata=_meta("region", ("KIRO_REGION",), "base region"))
+    auth_region: str | None = field(default=None, metadata=_meta("authRegion", (), "token refresh region"))
+    api_region: str | None = field(default=None, metadata=_meta("apiRegion", (), "Kiro API region"))
+    kiro_version: str = field(default="0.11.107", metadata=_meta("kiroVersion", (), "Kiro IDE version in user agents"))
+    machine_id: str | None = field(default=None, metadata=_meta("machineId", (), "global machine id override"))
+    system_version: str = field(default="", metadata=_meta("systemVersion", (), "os/... part of user agents"))
+    node_version: str = field(default="22.22.0", metadata=_meta("nodeVersion", (), "md/nodejs#... part of user agents"))
+    # --- upstream endpoints (each may contain {region})
+    kiro_api_base: str = field(
+        default=DEFAULT_KIRO_API_BASE,
+        metadata=_meta("kiroApiBase", ("KIRO_API_BASE",), "chat, MCP, usage and models host"),
+    )
+    kiro_auth_base: str = field(
+        default=DEFAULT_KIRO_AUTH_BASE,
+        metadata=_meta("kiroAuthBase", ("KIRO_AUTH_BASE",), "social token refresh host"),
+    )
+    oidc_base: str = field(
+        default=DEFAULT_OIDC_BASE, metadata=_meta("oidcBase", ("KIRO_OIDC_BASE",), "IdC token refresh host")
+    )
+    # --- outbound proxy
+    proxy_url: str | None = field(default=None, metadata=_meta("proxyUrl", ("KIRO_FAST_PROXY_URL",), "http://, https:// or socks5:// proxy"))
+    proxy_username: str | None = field(default=None, metadata=_meta("proxyUsername", (), "proxy user"))
+    proxy_password: str | None = field(default=None, metadata=_meta("proxyPassword", (), "proxy password", True))
+    # --- count_tokens forwarding
+    count_tokens_api_url: str | None = field(default=None, metadata=_meta("countTokensApiUrl", (), "external count_tokens endpoint"))
+    count_tokens_api_key: str | None = field(default=None, metadata=_meta("countTokensApiKey", (), "key for it", True))
+    count_tokens_auth_type: str = field(default="x-api-key", metadata=_meta("countTokensAuthType", (), "x-api-key or bearer"))
+    # --- behaviour
+    load_balancing_mode: str = field(default="priority", metadata=_meta("loadBalancingMode", (), "priority or balanced"))
+    extract_thinking: bool = field(default=True, metadata=_meta("extractThinking", (), "split <thinking> out of non-streaming text"))
+    model_overrides: Mapping[str, str] = field(default_factory=dict, metadata=_meta("modelOverrides", (), "client model -> Kiro model id"))
+    thinking_suffix: str = field(default="-thinking", metadata=_meta("thinkingSuffix", (), "model-name suffix that turns thinking on"))
+    # --- limits and timeouts (seconds)
+    max_body_size: int = field(default=32 * 1024 * 1024, metadata=_meta("maxBodySize", (), "largest client request body, bytes"))
+    connect_timeout: float = field(default=10.0, metadata=_meta("connectTimeout", (), "upstream connect timeout"))
+    first_byte_timeout: float = field(
+        default=120.0, metadata=_meta("firstByteTimeout", (), "upstream time to first event (long prefill takes tens of seconds)")
+    )
+    stream_idle_timeout: float = field(
+        default=180.0, metadata=_meta("streamIdleTimeout", (), "longest upstream silence between events")
+    )
+    ping_interval: float = field(default=25.0, metadata=_meta("pingInterval", (), "SSE ping period while the upstream is silent"))
+    keep_alive_timeout: float = field(default=75.0, metadata=_meta("keepAliveTimeout", (), "idle client connection timeout"))
+    header_timeout: float = field(default=15.0, metadata=_meta("headerTimeout", (), "time a client has to send its request head"))
+    shutdown_timeout: float = field(default=30.0, metadata=_meta("shutdownTimeout", (), "graceful shutdown deadline"))
+    # --- logging
+    log_level: str = field(default="info", metadata=_meta("logLevel", ("KIRO_FAST_LOG_LEVEL", "LOG_LEVEL"), "debug, info, warning, error"))
+    log_format: str = field(default="text", metadata=_meta("logFormat", ("KIRO_FAST_LOG_FORMAT", "LOG_FORMAT"), "text or json"))
+    # --- kiro.rs keys accepted for compatibility
+    tls_backend: str = field(default="rustls", metadata=_meta("tlsBackend", (), "accepted for kiro.rs compatibility; ignored"))
+    default_endpoint: str = field(default="ide", metadata=_meta("defaultEndpoint", (), "kiro.rs endpoint name; only ide exists"))
+    endpoints: Mapping[str, Any] = field(default_factory=dict, metadata=_meta("endpoints", (), "kiro.rs per-endpoint settings"))
+
+    def effective_auth_region(self) -> str:
+        return self.auth_region or self.region
+
+    def effective_api_region(self) -> str:
+        return self.api_region or self.region
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- validation
+
+Validator = Callable[[str, Any], Any]
+
+
+def _is_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _is_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(f"config key {key!r} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _is_float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"config key {key!r} must be a number, got bool")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"config key {key!r} must be a number, got {type(value).__name__}")
+
+
+def _is_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return value.lower() in {"1", "true", "yes", "on"}
+    raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+
+
+def _is_mapping(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key!r} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _choice(*allowed: str) -> Validator:
+    def check(key: str, value: Any) -> str:
+        text = _is_str(key, value).lower()
+        if text not in allowed:
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {value!r}")
+        return text
+
+    return check
+
+
+def _port(key: str, value: Any) -> int:
+    number = _is_int(key, value)
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"config key {key!r} must be a port number 0-65535, got {number}")
+    return number
+
+
+def _positive(key: str, value: Any) -> float:
+    number = _is_float(key, value)
+    if number <= 0:
+        raise ConfigError(f"config key {key!r} must be greater than 0, got {number}")
+    return number
+
+
+def _optional(check: Validator) -> Validator:
+    def wrapped(key: str, value: Any) -> Any:
+        if value is None:
+            return None
+        text = check(key, value)
+        return text if not isinstance(text, str) or text.strip() else None
+
+    return wrapped
+
+
+_SPECIAL: dict[str, Validator] = {
+    "port": _port,
+    "count_tokens_auth_type": _choice("x-api-key", "bearer"),
+    "load_balancing_mode": _choice("priority", "balanced"),
+    "log_level": _choice("debug", "info", "warning", "error", "critical"),
+    "log_format": _choice("text", "json"),
+    "tls_backend": _choice("rustls", "native-tls"),
+    "max_body_size": _is_int,
+    "connect_timeout": _positive,
+    "first_byte_timeout": _positive,
+    "stream_idle_timeout": _positive,
+    "ping_interval": _positive,
+    "keep_alive_timeout": _positive,
+    "header_timeout": _positive,
+    "shutdown_timeout": _positive,
+}
+
+
+def _validator_for(name: str, annotation: str) -> Validator:
+    if name in _SPECIAL:
+        return _SPECIAL[name]
+    base = {
+        "str": _is_str,
+        "str | None": _optional(_is_str),
+        "int": _is_int,
+        "float": _is_float,
+        "bool": _is_bool,
+        "Mapping[str, str]": _is_mapping,
+        "Mapping[str, Any]": _is_mapping,
+    }
+    return base[annotation]
+
+
+_FIELDS = {f.metadata["key"]: f for f in fields(Config)}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON config file; a missing file is an error naming the path."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    if not raw.strip():
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"config file {file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a JSON object")
+    return data
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, f in _FIELDS.items():
+        for name in f.metadata["env"]:
+            raw = environ.get(name)
+            if raw is None:
+                raw = _read_secret_file(environ, name)
+            if raw is not None and raw != "":
+                values[key] = raw
+                break
+    return values
+
+
+def _read_secret_file(environ: Mapping[str, str], name: str) -> str | None:
+    """``NAME_FILE=/path`` reads the value from a file (Docker secrets)."""
+    path = environ.get(name + "_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+
+
+def build_config(
+    file_values: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge file values, environment and overrides (JSON keys) into a :class:`Config`.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type; the message names it.
+    """
+    merged: dict[str, Any] = {}
+    for source in (file_values or {}, _env_values(os.environ if environ is None else environ), overrides or {}):
+        for key, value in source.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown config key {key!r}")
+            merged[key] = value
+    kwargs: dict[str, Any] = {}
+    for key, value in merged.items():
+        f = _FIELDS[key]
+        kwargs[f.name] = _validator_for(f.name, str(f.type))(key, value)
+    if not kwargs.get("system_version"):
+        kwargs["system_version"] = random.choice(SYSTEM_VERSIONS)
+    return Config(**kwargs)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load ``path`` (if given) and apply environment and command-line overrides."""
+    file_values = read_config_file(path) if path is not None else {}
+    return build_config(file_values, environ=environ, overrides=overrides)
+
+
+def describe_fields() -> list[tuple[str, str, str, str]]:
+    """(JSON key, environment variables, default, help) for documentation."""
+    rows = []
+    for f in fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else "{}"
+        rows.append((f.metadata["key"], ", ".join(f.metadata["env"]), repr(default), f.metadata["doc"]))
+    return rows
+
+
+def render_base(template: str, region: str) -> str:
+    """Fill ``{region}`` in a base URL and drop a trailing slash."""
+    return template.replace("{region}", region).rstrip("/")

@@ -1,0 +1,293 @@
+"""The upstream client: the process's aiohttp sessions and every call to Kiro's hosts.
+
+What this module owns:
+
+* One ``aiohttp.ClientSession`` for direct calls for the life of the process
+  (keep-alive pooling, ``TCPConnector(limit=0)``, long keep-alive, ``auto_decompress``
+  off, 64 KiB read buffer — performance-notes §3.5), plus one session per SOCKS proxy
+  (aiohttp only speaks HTTP proxies natively).
+* The request headers of spec kiro-api.md §3 (user agents with Kiro version, machine id,
+  OS and node version).
+* Mapping foreign exceptions: every aiohttp / OS / timeout error becomes an
+  :class:`UpstreamError` subclass here, once, with the original as ``__cause__``; a
+  non-200 answer becomes :func:`upstream_errors.classify`'s error.
+
+Which credential to use and whether to retry is decided by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+
+from .config import Config, render_base
+from .credentials import Credential, derive_machine_id
+from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from .upstream_errors import MAX_ERROR_BODY, classify
+
+log = logging.getLogger("kiro_fast.upstream")
+
+#: A stalled client may hold this much of a stream inside aiohttp (it pauses the
+#: socket at twice the buffer); the 256 KiB default would let it hold 512 KiB.
+READ_BUFSIZE: Final = 64 * 1024
+#: Keep idle upstream connections well past aiohttp's 15 s default, so bursts reuse them.
+KEEPALIVE_TIMEOUT: Final = 120.0
+#: SDK version strings kiro.rs sends (spec §3, §2.5).
+STREAMING_SDK: Final = "1.0.34"
+RUNTIME_SDK: Final = "1.0.0"
+OIDC_SDK: Final = "3.980.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What the user agents say about the client we pose as."""
+
+    kiro_version: str
+    system_version: str
+    node_version: str
+    global_machine_id: str | None
+
+
+def _proxy_for(cred: Credential | None, config: Config) -> tuple[str | None, str | None, str | None]:
+    """(url, user, password): the credential's proxy, ``direct`` opting out of the global one."""
+    if cred is not None and cred.proxy_url:
+        if cred.proxy_url.lower() == "direct":
+            return None, None, None
+        return cred.proxy_url, cred.proxy_username, cred.proxy_password
+    return config.proxy_url, config.proxy_username, config.proxy_password
+
+
+class UpstreamClient:
+    """Calls to the Kiro API, auth and OIDC hosts through pooled aiohttp sessions."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.identity = Identity(
+            config.kiro_version, config.system_version, config.node_version, config.machine_id
+        )
+        self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=config.connect_timeout,
+            sock_connect=config.connect_timeout,
+            sock_read=config.stream_idle_timeout,
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session(self, proxy_url: str | None) -> aiohttp.ClientSession:
+        key = proxy_url if proxy_url and proxy_url.lower().startswith("socks") else None
+        session = self._sessions.get(key)
+        if session is None or session.closed:
+            session = self._new_session(key)
+            self._sessions[key] = session
+        return session
+
+    def _new_session(self, socks_url: str | None) -> aiohttp.ClientSession:
+        connector: aiohttp.BaseConnector
+        if socks_url:
+            from aiohttp_socks import ProxyConnector  # optional path: only with a SOCKS proxy
+
+            connector = ProxyConnector.from_url(socks_url, limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT)
+        else:
+            connector = aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT, enable_cleanup_closed=False
+            )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            read_bufsize=READ_BUFSIZE,
+            skip_auto_headers=("User-Agent", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+    # ------------------------------------------------------------------ URLs and headers
+
+    def api_base(self, cred: Credential) -> str:
+        return render_base(self.config.kiro_api_base, cred.api_region_for(self.config.effective_api_region()))
+
+    def auth_base(self, cred: Credential) -> str:
+        return render_base(self.config.kiro_auth_base, cred.auth_region_for(self.config.effective_auth_region()))
+
+    def oidc_base(self, cred: Credential) -> str:
+        return render_base(self.config.oidc_base, cred.auth_region_for(self.config.effective_auth_region()))
+
+    def machine_id(self, cred: Credential) -> str:
+        if not cred.machine_id:
+            cred.machine_id = derive_machine_id(cred, self.identity.global_machine_id)
+        return cred.machine_id
+
+    def chat_headers(self, cred: Credential) -> dict[str, str]:
+        ident = self.identity
+        suffix = f"KiroIDE-{ident.kiro_version}-{self.machine_id(cred)}"
+        headers = {
+            "content-type": "application/json",
+            "authorization": "Bearer " + cred.bearer(),
+            "x-amzn-codewhisperer-optout": "true",
+            "x-amzn-kiro-agent-mode": "vibe",
+            "x-amz-user-agent": f"aws-sdk-js/{STREAMING_SDK} {suffix}",
+            "user-agent": (
+                f"aws-sdk-js/{STREAMING_SDK} ua/2.1 os/{ident.system_version} lang/js "
+                f"md/nodejs#{ident.node_version} api/codewhispererstreaming#{STREAMING_SDK} m/E {suffix}"
+            ),
+            "amz-sdk-invocation-id": str(uuid.uuid4()),
+            "amz-sdk-request": "attempt=1; max=3",
+        }
+        if cred.is_api_key:
+            headers["tokentype"] = "API_KEY"
+        return headers
+
+    def runtime_headers(self, cred: Credential) -> dict[str, str]:
+        ident = self.identity
+        suffix = f"KiroIDE-{ident.kiro_version}-{self.machine_id(cred)}"
+        headers = {
+            "authorization": "Bearer " + cred.bearer(),
+            "x-amz-user-agent": f"aws-sdk-js/{RUNTIME_SDK} {suffix}",
+            "user-agent": (
+                f"aws-sdk-js/{RUNTIME_SDK} ua/2.1 os/{ident.system_version} lang/js "
+                f"md/nodejs#{ident.node_version} api/codewhispererruntime#{RUNTIME_SDK} m/N,E {suffix}"
+            ),
+            "amz-sdk-invocation-id": str(uuid.uuid4()),
+            "amz-sdk-request": "attempt=1; max=1",
+        }
+        if cred.is_api_key:
+            headers["tokentype"] = "API_KEY"
+        return headers
+
+    # ------------------------------------------------------------------ chat
+
+    def _request_kwargs(self, cred: Credential | None) -> dict[str, Any]:
+        url, user, password = _proxy_for(cred, self.config)
+        kwargs: dict[str, Any] = {}
+        if url and not url.lower().startswith("socks"):
+            kwargs["proxy"] = url
+            if user and password:
+                kwargs["proxy_auth"] = aiohttp.BasicAuth(user, password)
+        return kwargs
+
+    def _session_for(self, cred: Credential | None) -> aiohttp.ClientSession:
+        url, user, password = _proxy_for(cred, self.config)
+        if url and url.lower().startswith("socks") and user and password and "@" not in url:
+            scheme, rest = url.split("://", 1)
+            url = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
+        return self._session(url)
+
+    async def open_chat(
+        self, cred: Credential, body: bytes, first_byte_timeout: float
+    ) -> aiohttp.ClientResponse:
+        """POST ``generateAssistantResponse``; return the response once it answered 200.
+
+        The caller reads it with ``response.content.iter_any()`` and must release it.
+
+        Raises:
+            UpstreamStatusError: a non-200 answer (already classified).
+            UpstreamTimeout / UpstreamUnavailable: no answer in time, or no connection.
+        """
+        url = self.api_base(cred) + "/generateAssistantResponse"
+        session = self._session_for(cred)
+        try:
+            async with asyncio.timeout(first_byte_timeout):
+                response = await session.post(
+                    url, data=body, headers=self.chat_headers(cred), **self._request_kwargs(cred)
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no answer from upstream within {first_byte_timeout:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise _map_client_error(exc) from exc
+        except OSError as exc:
+            raise UpstreamUnavailable(f"upstream connection failed: {exc.strerror or exc}") from exc
+        if response.status != 200:
+            try:
+                payload = await _read_error_body(response)
+            finally:
+                response.release()
+            raise classify(response.status, payload, {k.lower(): v for k, v in response.headers.items()})
+        return response
+
+    # ------------------------------------------------------------------ JSON calls
+
+    async def call_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        cred: Credential | None,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        timeout: float | None = None,
+    ) -> tuple[int, bytes]:
+        """A small JSON request (refresh, usage, models, MCP): (status, body bytes).
+
+        Network failures and timeouts raise the mapped :class:`UpstreamError`.
+        """
+        session = self._session_for(cred)
+        import orjson  # noqa: PLC0415 - kept local: the hot path never calls this
+
+        data = orjson.dumps(json_body) if json_body is not None else None
+        try:
+            async with asyncio.timeout(timeout or self.config.first_byte_timeout):
+                async with session.request(
+                    method, url, data=data, headers=dict(headers), **self._request_kwargs(cred)
+                ) as response:
+                    return response.status, await response.content.read(1024 * 1024)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{_host(url)} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise _map_client_error(exc) from exc
+        except OSError as exc:
+            raise UpstreamUnavailable(f"{_host(url)}: connection failed: {exc.strerror or exc}") from exc
+
+
+async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.content.read(MAX_ERROR_BODY)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return b""
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+def _map_client_error(exc: aiohttp.ClientError) -> UpstreamError:
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return UpstreamTimeout(f"upstream timed out: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnavailable(f"cannot connect to upstream {exc.host}:{exc.port}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamUnavailable("upstream stream broke off")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return UpstreamUnavailable("upstream closed the connection")
+    return UpstreamUnavailable(f"upstream request failed: {type(exc).__name__}")
+
+
+async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Yield what each upstream read brought, with aiohttp errors mapped.
+
+    ``sock_read`` on the session is the inter-chunk (idle) timeout.
+    """
+    content = response.content
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+    except TimeoutError as exc:
+        raise UpstreamTimeout("upstream went silent mid-stream") from exc
+    except aiohttp.ClientError as exc:
+        raise _map_client_error(exc) from exc
+    except OSError as exc:
+        raise UpstreamUnavailable("upstream stream broke off") from exc
