@@ -32,13 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiro-fast", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"kiro-fast {__version__}")
     parser.add_argument("command", nargs="?", choices=("serve", "demo"), default=None)
-    parser.add_argument("-c", "--config", help=f"config file (default ./{DEFAULT_CONFIG} if present)")
+    parser.add_argument(
+        "-c", "--config", help=f"config file (default ./{DEFAULT_CONFIG} if present)"
+    )
     parser.add_argument("--credentials", help=f"credentials file (default ./{DEFAULT_CREDENTIALS})")
     parser.add_argument("--host", help="listen address (overrides the config)")
     parser.add_argument("--port", type=int, help="listen port (overrides the config)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", choices=("text", "json"))
-    parser.add_argument("--no-browser", action="store_true", help="do not offer to open the admin UI")
+    parser.add_argument(
+        "--no-browser", action="store_true", help="do not offer to open the admin UI"
+    )
     return parser
 
 
@@ -53,7 +57,12 @@ class Invocation:
 def interpret(argv: Sequence[str] | None = None) -> Invocation:
     args = build_parser().parse_args(argv)
     overrides: dict[str, Any] = {}
-    for key, value in (("host", args.host), ("port", args.port), ("logLevel", args.log_level), ("logFormat", args.log_format)):
+    for key, value in (
+        ("host", args.host),
+        ("port", args.port),
+        ("logLevel", args.log_level),
+        ("logFormat", args.log_format),
+    ):
         if value is not None:
             overrides[key] = value
     config_path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
@@ -63,7 +72,11 @@ def interpret(argv: Sequence[str] | None = None) -> Invocation:
     command = args.command
     if command is None:
         # No config and no credentials: nothing to proxy to, so show the demo.
-        command = "serve" if (config_path or credentials_path or os.environ.get("KIRO_FAST_API_KEY")) else "demo"
+        command = (
+            "serve"
+            if (config_path or credentials_path or os.environ.get("KIRO_FAST_API_KEY"))
+            else "demo"
+        )
     return Invocation(command, config_path, credentials_path, overrides)
 
 

@@ -98,18 +98,19 @@ class App:
         self.routes: dict[str, dict[str, tuple[Handler, bool]]] = {}
         self._install()
 
-    def _route(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
+    def route(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
+        """Register ``handler`` for ``method path`` (``auth``: the client key is required)."""
         self.routes.setdefault(path, {})[method] = (handler, auth)
 
     def _install(self) -> None:
-        self._route("GET", "/", self.root, auth=False)
-        self._route("HEAD", "/", self.root, auth=False)
-        self._route("GET", "/health", self.health, auth=False)
-        self._route("GET", "/v1/models", self.list_models)
+        self.route("GET", "/", self.root, auth=False)
+        self.route("HEAD", "/", self.root, auth=False)
+        self.route("GET", "/health", self.health, auth=False)
+        self.route("GET", "/v1/models", self.list_models)
         for prefix in ("/v1", "/cc/v1"):
             buffered = prefix == "/cc/v1"
-            self._route("POST", prefix + "/messages", self._messages_handler(buffered))
-            self._route("POST", prefix + "/messages/count_tokens", self.count_tokens)
+            self.route("POST", prefix + "/messages", self._messages_handler(buffered))
+            self.route("POST", prefix + "/messages/count_tokens", self.count_tokens)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -122,7 +123,10 @@ class App:
             self._send_error(request, exchange, exc)
         finally:
             log.debug(
-                "%s %s done in %.1f ms", request.method, request.path, (time.monotonic() - started) * 1e3
+                "%s %s done in %.1f ms",
+                request.method,
+                request.path,
+                (time.monotonic() - started) * 1e3,
             )
 
     def _resolve(self, request: Request) -> Handler:

@@ -50,15 +50,10 @@ async def run(config: Config, out: TextIO) -> int:
     try:
         await runtime.start()
         host = "127.0.0.1" if demo_config.host in ("0.0.0.0", "::") else demo_config.host
-        print(
-            f"kiro_fast demo: proxy on http://{host}:{runtime.port}, fake Kiro upstream on {fake.url}",
-            file=out,
-        )
+        base = f"http://{host}:{runtime.port}"
+        print(f"kiro_fast demo: proxy on {base}, fake Kiro upstream on {fake.url}", file=out)
         print("Try it:\n\n  " + curl_line(host, runtime.port, api_key) + "\n", file=out)
-        print(
-            f"or: ANTHROPIC_BASE_URL=http://{host}:{runtime.port} ANTHROPIC_API_KEY={api_key} claude",
-            file=out,
-        )
+        print(f"or: ANTHROPIC_BASE_URL={base} ANTHROPIC_API_KEY={api_key} claude", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         await runtime.run_until_signalled()
     finally:

@@ -136,7 +136,9 @@ class ClientStream:
 class Relay:
     """Runs requests against the pool with failover."""
 
-    def __init__(self, pool: CredentialPool, client: UpstreamClient, settings: RelaySettings) -> None:
+    def __init__(
+        self, pool: CredentialPool, client: UpstreamClient, settings: RelaySettings
+    ) -> None:
         self.pool = pool
         self.client = client
         self.settings = settings
@@ -153,7 +155,9 @@ class Relay:
             if stream is not None:
                 stream.close()
 
-    def _fail(self, exchange: Exchange, plan: Plan, stream: ClientStream | None, exc: KiroFastError) -> None:
+    def _fail(
+        self, exchange: Exchange, plan: Plan, stream: ClientStream | None, exc: KiroFastError
+    ) -> None:
         if exchange.disconnected or exchange.finished:
             return
         if exchange.started:
@@ -201,7 +205,9 @@ class Relay:
                 if decision.delay:
                     await asyncio.sleep(decision.delay)
 
-    async def _carry_out(self, action: str, penalty: str, cred: Credential, excluded: set[int]) -> None:
+    async def _carry_out(
+        self, action: str, penalty: str, cred: Credential, excluded: set[int]
+    ) -> None:
         if penalty == "quota":
             await self.pool.disable(cred, "QuotaExhausted")
         if action == "retry_other":

@@ -53,7 +53,9 @@ class Runtime:
                 first_byte_timeout=config.first_byte_timeout, ping_interval=config.ping_interval
             ),
         )
-        self.app = App(AppState(config, self.pool, self.client, self.relay, convert_options(config)))
+        self.app = App(
+            AppState(config, self.pool, self.client, self.relay, convert_options(config))
+        )
         self.server = Server(
             self.app,
             ServerOptions(
@@ -87,7 +89,10 @@ class Runtime:
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
-            log.info("shutting down: finishing in-flight streams (up to %g s)", self.config.shutdown_timeout)
+            log.info(
+                "shutting down: finishing in-flight streams (up to %g s)",
+                self.config.shutdown_timeout,
+            )
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -107,7 +112,10 @@ def run_serve(config: Config, credentials_path: str) -> int:
         raise ConfigError("apiKey is required: set it in config.json or KIRO_FAST_API_KEY")
     credentials, store = load_credentials(credentials_path)
     if not credentials:
-        log.warning("no usable credential in %s: every request will fail until one is added", credentials_path)
+        log.warning(
+            "no usable credential in %s: every request will fail until one is added",
+            credentials_path,
+        )
     install_loop()
     runtime = Runtime(config, credentials, store)
 

@@ -69,7 +69,9 @@ def _parse_body(body: bytes) -> tuple[str, str | None]:
     return str(message)[:500], (str(reason) if reason else None)
 
 
-def classify(status: int, body: bytes, headers: dict[str, str] | None = None) -> UpstreamStatusError:
+def classify(
+    status: int, body: bytes, headers: dict[str, str] | None = None
+) -> UpstreamStatusError:
     """Build the error for an upstream answer with ``status`` and ``body``."""
     message, reason = _parse_body(body[:MAX_ERROR_BODY])
     text = body[:MAX_ERROR_BODY].decode("utf-8", "replace")
