@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
+from fake_transport import MockTransport
 
 from kiro_fast.errors import RateLimited
 from kiro_fast.logs import RequestIdFilter
@@ -28,7 +29,6 @@ from kiro_fast.protocol import (
     ServerState,
 )
 from kiro_fast.server import Server
-from tests.fake_transport import MockTransport
 
 # --------------------------------------------------------------------------- harness
 

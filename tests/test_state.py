@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import RedisServer, redis_server_missing
 
 from kiro_fast.errors import ConfigError, InvalidRequest
 from kiro_fast.state import MemoryStore, SQLiteStore, StateStore, UsageEvent, open_state
 from kiro_fast.state.base import USAGE_FLUSH_BATCH
 from kiro_fast.state.sqlite import SCHEMA_VERSION, migrate, schema_version
-from tests.redis_server import RedisServer, redis_server_missing
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_ALL = os.environ.get("KIRO_FAST_REQUIRE_ALL") == "1"
