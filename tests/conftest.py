@@ -12,10 +12,12 @@ Fixtures for other areas belong in their own test modules, not here.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import hypothesis
 import pytest
 
 _MODULES = {"c": "kiro_fast._eventstream", "py": "kiro_fast._eventstream_py"}
@@ -83,3 +85,11 @@ def decoder_cls(eventstream_impl: EventStreamImplementation) -> Any:
 @pytest.fixture(scope="session")
 def message_cls(eventstream_impl: EventStreamImplementation) -> Any:
     return eventstream_impl.module.Message
+
+
+# Hypothesis: no per-example deadline (CI machines are shared and timing varies) and a
+# derandomized, database-free run, so CI is deterministic. HYPOTHESIS_PROFILE=dev
+# explores new examples on each run.
+hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, database=None)
+hypothesis.settings.register_profile("dev", deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
