@@ -1,45 +1,51 @@
-"""Kiro credentials: the record, the file formats, machine ids and atomic write-back.
+"""Kiro credentials: the record, the kiro.rs entry shape, machine ids and atomic writes.
 
 What this module owns:
 
 * :class:`Credential`, one Kiro login (social, IdC or ``ksk_`` API key) with its tokens
-  and the state that must survive a restart (disabled flag, reason and time).
-* :class:`CredentialFile`, a kiro.rs ``credentials.json`` (one object or an array),
-  read unchanged and written back in the shape it came in, keeping keys it does not
-  know. Every write is atomic (temp file, fsync, rename, fsync of the directory) and
-  serialised by a lock, so a crash leaves the old file or the new one, never a broken one.
+  and the state that must survive a restart (disabled flag, reason and time, machine id).
+* The kiro.rs ``credentials.json`` entry (spec kiro-auth.md §2.2) both ways: every field,
+  the auth-method aliases, all three ``expiresAt`` forms (RFC 3339, Unix seconds, Unix
+  milliseconds — written back in the form they came in), unknown keys kept verbatim.
+  This entry is also the shape the state store keeps (plus the two ``kiroFast…`` keys that
+  tie an entry to the source file it came from).
+* Field-level validation: a bad entry raises :class:`FieldError` naming the field.
 * Machine ids (spec kiro-auth.md §6): derived once per credential and stored with it, so
   the id does not change when the refresh token rotates.
+* :func:`atomic_write`: temp file, fsync, rename, fsync of the directory — a crash leaves
+  the old file or the new one, never a broken one.
 
-Refreshing tokens is :mod:`kiro_fast.refresh`'s job; choosing a credential is the pool's.
-No network code here.
+Which files hold credentials and in what shape is :mod:`kiro_fast.sources`' job; refreshing
+tokens is :mod:`kiro_fast.refresh`'s; choosing a credential is the pool's. No network code.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
-import fcntl
+import dataclasses
 import hashlib
 import os
 import re
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
-
-import orjson
-
-from .errors import ConfigError
+from typing import Any, Final, Literal
 
 AuthMethod = Literal["social", "idc", "api_key"]
+ExpiresForm = Literal["rfc3339", "seconds", "milliseconds"]
 
-_AUTH_ALIASES: dict[str, AuthMethod] = {
+#: Every spelling peers use (kiro.rs, kiro2api ``Social``/``IdC``, Kiro-Go providers),
+#: compared case-insensitively.
+_AUTH_ALIASES: Final[dict[str, AuthMethod]] = {
     "social": "social",
+    "google": "social",
+    "github": "social",
     "idc": "idc",
     "builder-id": "idc",
     "builderid": "idc",
@@ -49,22 +55,38 @@ _AUTH_ALIASES: dict[str, AuthMethod] = {
     "apikey": "api_key",
 }
 
-#: kiro.rs rejects refresh tokens shorter than this as "truncated" copies.
-MIN_REFRESH_TOKEN_LENGTH = 100
+#: kiro.rs rejects refresh tokens shorter than this as "truncated" copies; kiro_fast only
+#: rejects the obvious ``...`` truncation (test tokens are short).
+MIN_REFRESH_TOKEN_LENGTH: Final = 100
+
+#: Store-entry keys that link a credential to the entry of a source file it mirrors.
+SOURCE_KEY: Final = "kiroFastSource"
+FINGERPRINT_KEY: Final = "kiroFastFingerprint"
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
+#: Bytes of randomness before the region in an AWS SSO OIDC client id (kiro-auth.md §2.7).
+_CLIENT_ID_RANDOM_BYTES: Final = 16
 
 #: Keys this module maps to fields; every other key of an entry is kept verbatim.
 _KNOWN_KEYS = {
     "id", "accessToken", "refreshToken", "profileArn", "expiresAt", "authMethod", "clientId",
     "clientSecret", "priority", "region", "authRegion", "apiRegion", "machineId", "email",
     "subscriptionTitle", "proxyUrl", "proxyUsername", "proxyPassword", "disabled",
-    "disabledReason", "disabledAt", "kiroApiKey", "endpoint",
+    "disabledReason", "disabledAt", "kiroApiKey", "endpoint", SOURCE_KEY, FINGERPRINT_KEY,
 }  # fmt: skip
 
 
-ExpiresForm = Literal["rfc3339", "seconds", "milliseconds"]
+class FieldError(ValueError):
+    """One field of a credential entry is wrong; ``field`` names it (``entry`` for the whole)."""
+
+    def __init__(self, field_name: str, detail: str) -> None:
+        super().__init__(f"{field_name}: {detail}")
+        self.field = field_name
+        self.detail = detail
 
 
 @dataclass(slots=True, eq=False)
@@ -98,14 +120,27 @@ class Credential:
     extra: dict[str, Any] = field(default_factory=dict)
     #: how ``expiresAt`` was written in the source, reproduced on write-back
     expires_form: ExpiresForm = "rfc3339"
+    #: ``"<source id>#<entry key>"`` of the file entry this credential mirrors, if any
+    source: str | None = None
+    #: hash of that entry as last read or written (tells a restart whether it changed)
+    fingerprint: str | None = None
 
     @property
     def is_api_key(self) -> bool:
         return self.auth_method == "api_key"
 
     def auth_region_for(self, default: str) -> str:
-        """Refresh region: credential authRegion > credential region > configured default."""
-        return self.auth_region or self.region or default
+        """Refresh region: authRegion > region > the IdC client registration's > default.
+
+        An IdC refresh must go to the region that issued the client registration
+        (kiro-auth.md §4), which AWS encodes at the end of the client id.
+        """
+        own = self.auth_region or self.region
+        if own:
+            return own
+        if self.auth_method == "idc":
+            return client_region(self.client_id) or default
+        return default
 
     def api_region_for(self, default: str) -> str:
         """API region: credential apiRegion > configured default (``region`` is auth only)."""
@@ -135,16 +170,46 @@ class Credential:
         """How logs name the credential: never a token."""
         return f"credential #{self.id}"
 
+    def copy_from(self, other: Credential) -> None:
+        """Take every field of ``other`` (a newer state of the same account)."""
+        for f in _FIELDS:
+            setattr(self, f, getattr(other, f))
+
+
+_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Credential))
+
+
+def client_region(client_id: str | None) -> str | None:
+    """The region an AWS SSO OIDC client id was registered in, if it says (kiro-auth.md §2.7).
+
+    AWS client ids are base64url of 16 random bytes followed by the region's ASCII name.
+    """
+    if not client_id:
+        return None
+    padded = client_id + "=" * (-len(client_id) % 4)
+    try:
+        raw = base64.urlsafe_b64decode(padded)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        tail = raw[_CLIENT_ID_RANDOM_BYTES:].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return tail if _REGION.match(tail) else None
+
 
 # --------------------------------------------------------------------------- parsing
 
 
 def parse_auth_method(entry: Mapping[str, Any]) -> AuthMethod:
+    """``authMethod`` (any alias, any case); absent: api_key / idc / social by the fields."""
     raw = entry.get("authMethod")
+    if raw is not None and not isinstance(raw, str):
+        raise FieldError("authMethod", "must be a string")
     if isinstance(raw, str) and raw.strip():
         method = _AUTH_ALIASES.get(raw.strip().lower())
         if method is None:
-            raise ValueError(f"authMethod {raw!r} is not social, idc or api_key")
+            raise FieldError("authMethod", f"{raw!r} is not social, idc or api_key")
         return method
     if entry.get("kiroApiKey"):
         return "api_key"
@@ -153,31 +218,37 @@ def parse_auth_method(entry: Mapping[str, Any]) -> AuthMethod:
     return "social"
 
 
-def parse_expires_at(value: Any) -> tuple[float | None, ExpiresForm]:
-    """Accept RFC 3339 text, Unix seconds or Unix milliseconds."""
+def parse_expires_at(value: Any, field_name: str = "expiresAt") -> tuple[float | None, ExpiresForm]:
+    """Accept RFC 3339 text, Unix seconds or Unix milliseconds (numbers or digit strings)."""
     if value is None or value == "":
         return None, "rfc3339"
     if isinstance(value, bool):
-        raise ValueError("expiresAt must be a date string or a number")
+        raise FieldError(field_name, "must be a date string or a number")
+    if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        value = float(value)
     if isinstance(value, int | float):
         # Milliseconds since the epoch exceed 1e11 for any date after 1973.
         if value > 1e11:
             return value / 1000.0, "milliseconds"
         return float(value), "seconds"
     if isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        # Python's parser accepts at most 6 fraction digits; kiro.rs writes 9.
-        text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"expiresAt {value!r} is not an RFC 3339 date") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp(), "rfc3339"
-    raise ValueError("expiresAt must be a date string or a number")
+        return _parse_rfc3339(value, field_name), "rfc3339"
+    raise FieldError(field_name, "must be a date string or a number")
+
+
+def _parse_rfc3339(value: str, field_name: str) -> float:
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # Python's parser accepts at most 6 fraction digits; kiro.rs writes 9.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise FieldError(field_name, f"{value!r} is not an RFC 3339 date") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def format_expires_at(value: float | None, form: ExpiresForm) -> Any:
@@ -187,86 +258,109 @@ def format_expires_at(value: float | None, form: ExpiresForm) -> Any:
         return int(value)
     if form == "milliseconds":
         return int(value * 1000)
+    return format_rfc3339(value)
+
+
+def format_rfc3339(value: float) -> str:
+    """JavaScript ``toISOString()`` style: milliseconds and ``Z`` (what the Kiro IDE writes)."""
     moment = datetime.fromtimestamp(value, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _opt_str(entry: Mapping[str, Any], key: str) -> str | None:
+def opt_str(entry: Mapping[str, Any], key: str) -> str | None:
+    """A string field, stripped; ``None`` when absent or blank."""
     value = entry.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{key} must be a string")
+        raise FieldError(key, "must be a string")
     return value.strip() or None
 
 
+def _int_field(entry: Mapping[str, Any], key: str, default: int) -> int:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FieldError(key, "must be a non-negative integer")
+    return value
+
+
 def credential_from_entry(entry: Mapping[str, Any], default_id: int) -> Credential:
-    """Build a credential from one kiro.rs entry; ``ValueError`` names the bad field."""
+    """Build a credential from one kiro.rs entry.
+
+    Raises:
+        FieldError: names the offending field.
+    """
     if not isinstance(entry, Mapping):
-        raise ValueError("entry must be a JSON object")
-    method = parse_auth_method(entry)
+        raise FieldError("entry", "must be a JSON object")
     expires_at, form = parse_expires_at(entry.get("expiresAt"))
-    raw_id = entry.get("id", default_id)
-    if isinstance(raw_id, bool) or not isinstance(raw_id, int) or raw_id < 0:
-        raise ValueError("id must be a non-negative integer")
-    priority = entry.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError("priority must be an integer")
+    disabled = entry.get("disabled", False)
+    if not isinstance(disabled, bool):
+        raise FieldError("disabled", "must be true or false")
     cred = Credential(
-        id=raw_id,
-        auth_method=method,
-        refresh_token=_opt_str(entry, "refreshToken"),
-        access_token=_opt_str(entry, "accessToken"),
+        id=_int_field(entry, "id", default_id),
+        auth_method=parse_auth_method(entry),
         expires_at=expires_at,
         expires_form=form,
-        profile_arn=_opt_str(entry, "profileArn"),
-        client_id=_opt_str(entry, "clientId"),
-        client_secret=_opt_str(entry, "clientSecret"),
-        priority=priority,
-        region=_opt_str(entry, "region"),
-        auth_region=_opt_str(entry, "authRegion"),
-        api_region=_opt_str(entry, "apiRegion"),
-        machine_id=_opt_str(entry, "machineId"),
-        email=_opt_str(entry, "email"),
-        subscription_title=_opt_str(entry, "subscriptionTitle"),
-        proxy_url=_opt_str(entry, "proxyUrl"),
-        proxy_username=_opt_str(entry, "proxyUsername"),
-        proxy_password=_opt_str(entry, "proxyPassword"),
-        kiro_api_key=_opt_str(entry, "kiroApiKey"),
-        endpoint=_opt_str(entry, "endpoint"),
-        disabled=bool(entry.get("disabled", False)),
-        disabled_reason=_opt_str(entry, "disabledReason"),
+        priority=_int_field(entry, "priority", 0),
+        disabled=disabled,
         extra={k: v for k, v in entry.items() if k not in _KNOWN_KEYS},
     )
-    disabled_at = entry.get("disabledAt")
-    if disabled_at is not None:
-        cred.disabled_at = parse_expires_at(disabled_at)[0]
+    for key, name in _STRING_FIELDS.items():
+        setattr(cred, name, opt_str(entry, key))
+    if entry.get("disabledAt") is not None:
+        cred.disabled_at = parse_expires_at(entry["disabledAt"], "disabledAt")[0]
     if cred.disabled and not cred.disabled_reason:
         cred.disabled_reason = "Manual"
-    _check_usable(cred)
+    if not cred.disabled:
+        cred.disabled_reason = cred.disabled_at = None
+    check_usable(cred)
     return cred
 
 
-def _check_usable(cred: Credential) -> None:
+#: entry key -> Credential field, for the plain string fields
+_STRING_FIELDS: Final = {
+    "refreshToken": "refresh_token",
+    "accessToken": "access_token",
+    "profileArn": "profile_arn",
+    "clientId": "client_id",
+    "clientSecret": "client_secret",
+    "region": "region",
+    "authRegion": "auth_region",
+    "apiRegion": "api_region",
+    "machineId": "machine_id",
+    "email": "email",
+    "subscriptionTitle": "subscription_title",
+    "proxyUrl": "proxy_url",
+    "proxyUsername": "proxy_username",
+    "proxyPassword": "proxy_password",
+    "kiroApiKey": "kiro_api_key",
+    "endpoint": "endpoint",
+    "disabledReason": "disabled_reason",
+    SOURCE_KEY: "source",
+    FINGERPRINT_KEY: "fingerprint",
+}
+
+
+def check_usable(cred: Credential) -> None:
+    """The fields each auth method needs (kiro-auth.md §1)."""
     if cred.is_api_key:
         if not cred.kiro_api_key:
-            raise ValueError("authMethod api_key needs kiroApiKey")
+            raise FieldError("kiroApiKey", "authMethod api_key needs a kiroApiKey")
         return
     if not cred.refresh_token and not cred.access_token:
-        raise ValueError("refreshToken is required")
-    if cred.refresh_token and (
-        len(cred.refresh_token) < MIN_REFRESH_TOKEN_LENGTH or "..." in cred.refresh_token
-    ):
-        # kiro.rs refuses these; we keep them loadable (tests and fakes use short tokens) but
-        # flag obvious copy-paste truncation.
-        if "..." in cred.refresh_token:
-            raise ValueError("refreshToken looks truncated (contains '...')")
-    if cred.auth_method == "idc" and not (cred.client_id and cred.client_secret):
-        raise ValueError("authMethod idc needs clientId and clientSecret")
+        raise FieldError("refreshToken", "missing (social and idc logins need one)")
+    if cred.refresh_token and "..." in cred.refresh_token:
+        raise FieldError("refreshToken", "looks truncated (contains '...')")
+    if cred.auth_method == "idc":
+        if not cred.client_id:
+            raise FieldError("clientId", "authMethod idc needs clientId and clientSecret")
+        if not cred.client_secret:
+            raise FieldError("clientSecret", "authMethod idc needs clientId and clientSecret")
 
 
-def credential_to_entry(cred: Credential) -> dict[str, Any]:
-    """The kiro.rs entry for a credential, unknown source keys preserved."""
+def credential_to_entry(cred: Credential, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The kiro.rs entry for a credential; unknown keys from ``extra`` (default: the ones
+    the credential was loaded with) are kept."""
     entry: dict[str, Any] = {"id": cred.id}
     values: list[tuple[str, Any]] = [
         ("accessToken", cred.access_token),
@@ -296,8 +390,22 @@ def credential_to_entry(cred: Credential) -> dict[str, Any]:
         if cred.disabled_reason:
             entry["disabledReason"] = cred.disabled_reason
         if cred.disabled_at is not None:
-            entry["disabledAt"] = format_expires_at(cred.disabled_at, "rfc3339")
-    entry.update(cred.extra)
+            entry["disabledAt"] = format_rfc3339(cred.disabled_at)
+    entry.update(cred.extra if extra is None else extra)
+    return entry
+
+
+def unknown_keys(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a kiro.rs entry this module does not interpret."""
+    return {k: v for k, v in entry.items() if k not in _KNOWN_KEYS}
+
+
+def credential_to_store_entry(cred: Credential) -> dict[str, Any]:
+    """The state-store entry: the kiro.rs entry plus the link to its source file entry."""
+    entry = credential_to_entry(cred)
+    if cred.source:
+        entry[SOURCE_KEY] = cred.source
+        entry[FINGERPRINT_KEY] = cred.fingerprint
     return entry
 
 
@@ -332,13 +440,14 @@ def derive_machine_id(cred: Credential, global_id: str | None = None) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
 
-# --------------------------------------------------------------------------- file store
+# --------------------------------------------------------------------------- atomic write
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` so a crash leaves the old file or the new one.
 
-    Temp file in the same directory, fsync, rename over the target, fsync the directory.
+    Temp file in the same directory (created 0600, so a secret is never world-readable),
+    fsync, rename over the target, fsync the directory so the rename itself is durable.
     """
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -358,99 +467,3 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-@dataclass(slots=True)
-class LoadReport:
-    credentials: list[Credential]
-    #: (index, message) of entries that were skipped
-    errors: list[tuple[int, str]]
-    single: bool
-
-
-class CredentialFile:
-    """A kiro.rs ``credentials.json`` kept in sync with the in-memory credentials.
-
-    A process-local lock plus an advisory ``flock`` on a sidecar lock file serialise
-    writers, so worker processes on one host never interleave a write-back.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.single = False
-        self._lock = threading.Lock()
-        self._invalid: list[tuple[int, Any]] = []
-
-    def load(self) -> LoadReport:
-        """Read the file; invalid entries are reported by index and skipped."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return LoadReport([], [], False)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from None
-        if not raw.strip():
-            return LoadReport([], [], False)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{self.path} is not valid JSON: {exc}") from None
-        return self._parse(data)
-
-    def _parse(self, data: Any) -> LoadReport:
-        self.single = isinstance(data, dict)
-        entries: Sequence[Any] = [data] if self.single else data
-        if not isinstance(entries, list | tuple) and not self.single:
-            raise ConfigError(f"{self.path} must hold an object or an array of objects")
-        creds: list[Credential] = []
-        errors: list[tuple[int, str]] = []
-        self._invalid = []
-        used = {e.get("id") for e in entries if isinstance(e, dict)}
-        next_id = max([i for i in used if isinstance(i, int) and not isinstance(i, bool)] + [0]) + 1
-        for index, entry in enumerate(entries):
-            default_id = next_id
-            try:
-                cred = credential_from_entry(entry, default_id)
-            except ValueError as exc:
-                errors.append((index, str(exc)))
-                self._invalid.append((index, entry))
-                continue
-            if cred.id == default_id:
-                next_id += 1
-            creds.append(cred)
-        ids = [c.id for c in creds]
-        if len(ids) != len(set(ids)):
-            raise ConfigError(f"{self.path}: duplicate credential ids")
-        creds.sort(key=lambda c: c.priority)
-        return LoadReport(creds, errors, self.single)
-
-    def render(self, credentials: Sequence[Credential]) -> bytes:
-        """The file's new content: every credential, in the file's original shape.
-
-        Entries that failed to load are kept as they were, so nothing a user wrote is lost.
-        """
-        entries: list[Any] = [credential_to_entry(c) for c in credentials]
-        for index, entry in self._invalid:
-            entries.insert(min(index, len(entries)), entry)
-        payload: Any = entries[0] if self.single and len(entries) == 1 else entries
-        return orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n"
-
-    def write(self, data: bytes) -> None:
-        """Replace the file atomically with ``data`` (blocking: call it off the loop)."""
-        with self._locked():
-            atomic_write(self.path, data)
-
-    def save(self, credentials: Sequence[Credential]) -> None:
-        self.write(self.render(credentials))
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        with self._lock:
-            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)

@@ -84,6 +84,11 @@ class ContextTooLong(InvalidRequest):
     """The conversation does not fit the model's context; Claude Code compacts on this."""
 
 
+class PreviousResponseNotFound(InvalidRequest):
+    """``previous_response_id`` names a response this process does not hold (never seen,
+    stored with ``store: false``, expired or evicted)."""
+
+
 # --------------------------------------------------------------------------- upstream side
 
 
@@ -270,11 +275,33 @@ class CredentialError(KiroFastError):
 
 
 class NoCredentialAvailable(CredentialError):
-    """Every credential is disabled, cooling down or busy."""
+    """No credential can serve the request: none configured, or every one disabled or failing.
 
-    status = 503
+    Anthropic's 529 ``overloaded_error``: the client may try again later, but no time can be
+    named. When a time can be named, :class:`CredentialsBusy` is raised instead.
+    """
+
+    status = 529
     error_type = "overloaded_error"
     retryable = False
+
+
+class CredentialsBusy(NoCredentialAvailable):
+    """Every usable credential is cooling down, out of quota until a date, at its concurrency
+    or requests-per-minute cap, or the wait queue is full or timed out.
+
+    A 429 ``rate_limit_error`` with ``retry-after`` (whole seconds, at least 1): the earliest
+    moment a credential is expected to be free.
+    """
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(message)
+        self.retry_after = seconds
+        self.headers["retry-after"] = str(seconds)
 
 
 class TokenRefreshError(CredentialError):

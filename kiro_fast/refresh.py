@@ -8,6 +8,10 @@ Owns the two refresh requests and the verdict on their failures:
   ``expired_token``;
 * transient (try again later, never disable): 429, 5xx, network errors, timeouts.
 
+IdC refreshes go to the OIDC host of the client registration's region (credential
+``authRegion`` / ``region``, else the region AWS encodes in the client id), with the
+camelCase JSON body AWS SSO OIDC expects.
+
 A successful refresh updates the credential in memory (rotated refresh token kept,
 ``expiresAt`` from ``expiresIn``, ``profileArn`` when given); persisting it and the
 single-flight locking are the pool's job.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
@@ -29,7 +34,6 @@ from .upstream import OIDC_SDK, UpstreamClient
 #: treated as a failed refresh (kiro.rs uses the same 5-minute floor).
 MIN_FRESH_LIFETIME: Final = 300.0
 DEFAULT_EXPIRES_IN: Final = 3600.0
-REFRESH_TIMEOUT: Final = 30.0
 
 _PERMANENT_OAUTH_ERRORS: Final = {
     "invalid_grant",
@@ -40,8 +44,13 @@ _PERMANENT_OAUTH_ERRORS: Final = {
 }
 
 
-async def refresh_credential(client: UpstreamClient, cred: Credential) -> None:
-    """Refresh ``cred`` in place.
+async def refresh_credential(
+    client: UpstreamClient, cred: Credential, *, clock: Callable[[], float] = time.time
+) -> None:
+    """Refresh ``cred`` in place (nothing changes when it fails).
+
+    The call goes through the credential's proxy (or the global one) like every other
+    call, and is bounded by ``authTimeout``.
 
     Raises:
         TokenRefreshError: ``permanent`` is True when the refresh token is dead.
@@ -56,13 +65,18 @@ async def refresh_credential(client: UpstreamClient, cred: Credential) -> None:
         url, headers, body = _social_request(client, cred)
     try:
         status, raw = await client.call_json(
-            "POST", url, cred=cred, headers=headers, json_body=body, timeout=REFRESH_TIMEOUT
+            "POST",
+            url,
+            cred=cred,
+            headers=headers,
+            json_body=body,
+            timeout=client.config.auth_timeout,
         )
     except UpstreamError as exc:
         raise TokenRefreshError(f"token refresh for {cred.label()} failed: {exc.message}") from exc
     if status != 200:
         raise _refresh_failure(cred, status, raw)
-    _apply(cred, raw)
+    _apply(cred, raw, clock())
 
 
 def _social_request(client: UpstreamClient, cred: Credential) -> tuple[str, dict[str, str], Any]:
@@ -105,10 +119,14 @@ def _refresh_failure(cred: Credential, status: int, raw: bytes) -> TokenRefreshE
     except orjson.JSONDecodeError:
         pass
     permanent = (
-        code in _PERMANENT_OAUTH_ERRORS
-        or "Invalid refresh token provided" in text
-        or (status == 401 and "Bad credentials" in text)
-    ) and status < 500 and status != 429
+        (
+            code in _PERMANENT_OAUTH_ERRORS
+            or "Invalid refresh token provided" in text
+            or (status == 401 and "Bad credentials" in text)
+        )
+        and status < 500
+        and status != 429
+    )
     what = code or _short_message(raw) or "no message"
     return TokenRefreshError(
         f"token refresh for {cred.label()} answered {status}: {what}",
@@ -127,7 +145,7 @@ def _short_message(raw: bytes) -> str:
     return ""
 
 
-def _apply(cred: Credential, raw: bytes) -> None:
+def _apply(cred: Credential, raw: bytes, now: float) -> None:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -147,7 +165,7 @@ def _apply(cred: Credential, raw: bytes) -> None:
             f"token refresh for {cred.label()}: new token expires in {lifetime:g} s"
         )
     cred.access_token = access
-    cred.expires_at = time.time() + lifetime
+    cred.expires_at = now + lifetime
     rotated = data.get("refreshToken") or data.get("refresh_token")
     if isinstance(rotated, str) and rotated:
         cred.refresh_token = rotated

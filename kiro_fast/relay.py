@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -27,6 +27,7 @@ import orjson
 
 from .credentials import Credential
 from .errors import (
+    CredentialsBusy,
     EventStreamError,
     KiroFastError,
     NoCredentialAvailable,
@@ -37,7 +38,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .eventstream import EventStreamDecoder
-from .failover import FailoverPolicy
+from .failover import Decision, FailoverPolicy, FailoverSettings
 from .pool import CredentialPool
 from .protocol import Exchange
 from .stream import StreamConverter
@@ -52,6 +53,8 @@ SSE_HEADERS: Final = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+#: Longest session key kept for stickiness (Claude Code's ids are ~100 characters).
+SESSION_KEY_MAX: Final = 256
 
 
 class Sink(Protocol):
@@ -66,6 +69,7 @@ class Sink(Protocol):
 class RelaySettings:
     first_byte_timeout: float
     ping_interval: float
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
 
 
 @dataclass(slots=True)
@@ -78,6 +82,21 @@ class Plan:
     streaming: bool
     render_error: Callable[[KiroFastError], tuple[int, bytes]]  # JSON error response
     on_done: Callable[[StreamConverter, Credential], None] | None = None
+    #: the client's session (Anthropic ``metadata.user_id``): keeps it on one credential
+    session: str | None = None
+    #: the upstream model id: FREE accounts are not offered Opus
+    model: str | None = None
+
+
+def session_key(payload: Mapping[str, Any]) -> str | None:
+    """The session a request belongs to: Anthropic ``metadata.user_id`` (Claude Code puts
+    its account and session ids there), else ``None``."""
+    metadata = payload.get("metadata")
+    if isinstance(metadata, dict):
+        user_id = metadata.get("user_id")
+        if isinstance(user_id, str) and user_id:
+            return user_id[:SESSION_KEY_MAX]
+    return None
 
 
 def body_for(cred: Credential, body: bytes) -> bytes:
@@ -172,15 +191,27 @@ class Relay:
         exchange.send(status, headers, body)
 
     async def _attempts(self, exchange: Exchange, plan: Plan, stream: ClientStream | None) -> None:
-        policy = FailoverPolicy(len(self.pool))
+        """Lease, attempt, decide — until one attempt succeeds or the policy gives up.
+
+        The lease holds the credential's budget slots for the whole stream.
+        """
+        policy = FailoverPolicy(len(self.pool), settings=self.settings.failover)
         excluded: set[int] = set()
+        prefer: int | None = None
         last: KiroFastError | None = None
         while True:
             cred: Credential | None = None
+            token: str | None = None
             try:
-                cred = await self.pool.acquire(excluded)
-                await self._attempt(exchange, plan, stream, cred)
+                lease = self.pool.lease(
+                    exclude=excluded, session=plan.session, model=plan.model, prefer=prefer
+                )
+                async with lease:
+                    cred, token = lease.cred, lease.cred.access_token
+                    await self._attempt(exchange, plan, stream, cred)
                 return
+            except CredentialsBusy:
+                raise  # the pool knows when a credential frees up: retry-after says so
             except NoCredentialAvailable:
                 # After failures, the client learns why the credentials ran out.
                 if last is not None:
@@ -198,23 +229,30 @@ class Relay:
                     exc.message or type(exc).__name__,
                     decision.action,
                 )
+                if cred is not None:
+                    await self._carry_out(decision, cred, token, excluded)
                 if decision.action == "fail":
                     raise
-                if cred is not None:
-                    await self._carry_out(decision.action, decision.penalty, cred, excluded)
+                prefer = cred.id if cred is not None and decision.action != "retry_other" else None
                 if decision.delay:
                     await asyncio.sleep(decision.delay)
 
     async def _carry_out(
-        self, action: str, penalty: str, cred: Credential, excluded: set[int]
+        self, decision: Decision, cred: Credential, token: str | None, excluded: set[int]
     ) -> None:
-        if penalty == "quota":
-            await self.pool.disable(cred, "QuotaExhausted")
-        if action == "retry_other":
+        """The credential's fate, then where the next attempt goes."""
+        pool = self.pool
+        if decision.penalty == "quota":
+            await pool.quota_exhausted(cred)
+        elif decision.penalty == "cooldown":
+            await pool.cool_down(cred, decision.cooldown, decision.reason)
+        elif decision.penalty == "failure":
+            await pool.record_failure(cred)
+        if decision.action == "retry_other":
             excluded.add(cred.id)
-        elif action == "refresh_and_retry":
+        elif decision.action == "refresh_and_retry":
             try:
-                await self.pool.ensure_fresh(cred, stale_token=cred.access_token)
+                await pool.ensure_fresh(cred, stale_token=token)
             except TokenRefreshError:
                 excluded.add(cred.id)
 

@@ -2,6 +2,12 @@
 
 :class:`Runtime` is what ``kiro-fast serve``, ``kiro-fast demo``, the end-to-end tests
 and the benchmarks start; it owns start-up order and shutdown order and nothing else.
+
+Credentials: ``serve`` reads every configured source (kiro.rs ``credentials.json``,
+kiro2api ``KIRO_AUTH_TOKEN``, Kiro-Go ``CONFIG_PATH``, the Kiro IDE token file) into the
+shared state store (``stateUrl``; SQLite ``data/kiro_fast.db`` by default) and serves
+from there. A runtime built in code (demo, tests, benchmarks) gets its credentials as
+objects and, unless told otherwise, a private in-memory store.
 """
 
 from __future__ import annotations
@@ -11,17 +17,28 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from . import convert
+from . import convert, forwarded
 from .app import App, AppState, error_body
 from .config import Config
-from .credentials import Credential, CredentialFile
+from .credentials import Credential
 from .errors import ConfigError
 from .eventstream import IMPLEMENTATION
-from .pool import CredentialPool
+from .failover import FailoverSettings
+from .pool import CredentialPool, PoolSettings
 from .relay import Relay, RelaySettings
 from .server import Server, ServerOptions, install_loop
+from .sources import (
+    CredentialSource,
+    KiroGoConfig,
+    KiroIdeCache,
+    KiroRsFile,
+    kiro2api_source,
+)
+from .state import MemoryStore, StateStore, open_state
+from .supervisor import WorkerLink, serve_process
 from .upstream import UpstreamClient
 
 log = logging.getLogger("kiro_fast")
@@ -40,17 +57,47 @@ class Runtime:
     def __init__(
         self,
         config: Config,
-        credentials: Sequence[Credential],
-        store: CredentialFile | None = None,
+        credentials: Sequence[Credential] = (),
+        store: CredentialSource | StateStore | None = None,
+        *,
+        sources: Sequence[CredentialSource] = (),
+        state: StateStore | None = None,
+        owns_state: bool | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``credentials`` are served as given (store-native); ``sources`` are files imported
+        at start and written back on every change. ``store`` (positional, for callers of
+        the first version) is a source or the state store. Without a state store, the
+        runtime opens ``config.state_url`` if set, else a private in-memory store. It closes
+        the store at stop when it opened it, or when ``owns_state`` says so."""
+        if isinstance(store, StateStore):
+            state = state or store
+        elif store is not None:
+            sources = [store, *sources]
         self.config = config
         self.client = UpstreamClient(config)
-        self.pool = CredentialPool(credentials, self.client, store)
+        self._own_state = state is None if owns_state is None else owns_state
+        if state is None:
+            state = open_state(config.state_url) if config.state_url else MemoryStore()
+        self.state = state
+        self._initial = list(credentials)
+        self.pool = CredentialPool(
+            self.client,
+            state,
+            settings=PoolSettings.from_config(config),
+            sources=sources,
+            clock=clock,
+        )
         self.relay = Relay(
             self.pool,
             self.client,
             RelaySettings(
-                first_byte_timeout=config.first_byte_timeout, ping_interval=config.ping_interval
+                first_byte_timeout=config.first_byte_timeout,
+                ping_interval=config.ping_interval,
+                failover=FailoverSettings(
+                    throttle_cooldown=config.throttle_cooldown,
+                    rate_limit_cooldown=config.rate_limit_cooldown,
+                ),
             ),
         )
         self.app = App(
@@ -70,17 +117,25 @@ class Runtime:
     def port(self) -> int:
         return self.server.bound_port
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(self, sock: socket.socket | None = None, *, reuse_port: bool = False) -> None:
         log.info("kiro_fast event-stream decoder: %s", IMPLEMENTATION)
-        for cred in self.pool.credentials:
-            self.client.machine_id(cred)  # derived once, then stored with the credential
-        await self.pool.persist()
-        await self.server.start(self.config.host, self.config.port, sock=sock)
+        forwarded.configure(self.config.trusted_proxies)
+        await self.state.open()
+        await self.pool.start(self._initial)
+        log.info("%d credential(s) in the pool (state: %s)", len(self.pool), self.state.describe())
+        if not self.pool.credentials:
+            log.warning("no usable credential: every request will fail until one is added")
+        await self.server.start(
+            self.config.host, self.config.port, sock=sock, reuse_port=reuse_port
+        )
         log.info("listening on http://%s:%d", self.config.host, self.port)
 
     async def stop(self, timeout: float | None = None) -> None:
         await self.server.shutdown(self.config.shutdown_timeout if timeout is None else timeout)
+        await self.pool.close()
         await self.client.close()
+        if self._own_state:
+            await self.state.close()
 
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,31 +154,59 @@ class Runtime:
             await self.stop()
 
 
-def load_credentials(path: str) -> tuple[list[Credential], CredentialFile]:
-    store = CredentialFile(path)
-    report = store.load()
-    for index, message in report.errors:
-        log.error("credentials file %s: entry %d skipped: %s", path, index, message)
-    return report.credentials, store
+def credential_sources(config: Config, credentials_path: str) -> list[CredentialSource]:
+    """Every source the configuration names; the kiro.rs file always (a missing one is an
+    empty pool, as in kiro.rs)."""
+    sources: list[CredentialSource] = [KiroRsFile(credentials_path)]
+    if config.kiro_auth_token:
+        sources.append(kiro2api_source(config.kiro_auth_token))
+    if config.kiro_go_config:
+        sources.append(KiroGoConfig(config.kiro_go_config))
+    if config.kiro_ide_token_file:
+        sources.append(KiroIdeCache(config.kiro_ide_token_file))
+    return sources
 
 
-def run_serve(config: Config, credentials_path: str) -> int:
+def build_runtime(config: Config, credentials_path: str) -> Runtime:
+    """A runtime for ``serve``: checks the config; the sources are read when it starts."""
     if not config.api_key:
-        raise ConfigError("apiKey is required: set it in config.json or KIRO_FAST_API_KEY")
-    credentials, store = load_credentials(credentials_path)
-    if not credentials:
-        log.warning(
-            "no usable credential in %s: every request will fail until one is added",
-            credentials_path,
+        raise ConfigError(
+            "apiKey is required: set it in config.json, KIRO_FAST_API_KEY or KIRO_CLIENT_TOKEN"
         )
+    return Runtime(
+        config,
+        sources=credential_sources(config, credentials_path),
+        state=open_state(config.state_url),
+        owns_state=True,
+    )
+
+
+def run_serve(
+    config: Config,
+    credentials_path: str,
+    *,
+    reload_config: Callable[[], Config] | None = None,
+    worker: WorkerLink | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT; SIGHUP rebuilds from ``reload_config()`` (see supervisor).
+
+    ``worker``: this process is one of a supervisor's workers (``SO_REUSEPORT``, readiness).
+    """
     install_loop()
-    runtime = Runtime(config, credentials, store)
+    runtime = build_runtime(config, credentials_path)
 
-    async def main() -> None:
-        await runtime.start()
-        await runtime.run_until_signalled()
+    def rebuild() -> Runtime:
+        assert reload_config is not None
+        return build_runtime(reload_config(), credentials_path)
 
-    asyncio.run(main())
+    asyncio.run(
+        serve_process(
+            runtime,
+            rebuild if reload_config is not None else None,
+            reuse_port=worker is not None,
+            link=worker,
+        )
+    )
     return 0
 
 

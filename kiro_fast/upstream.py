@@ -6,6 +6,11 @@ What this module owns:
   (keep-alive pooling, ``TCPConnector(limit=0)``, long keep-alive, ``auto_decompress``
   off, 64 KiB read buffer — performance-notes §3.5), plus one session per SOCKS proxy
   (aiohttp only speaks HTTP proxies natively).
+* Outbound proxies (kiro-auth.md §11): the credential's ``proxyUrl`` (``direct`` opts out)
+  or the global one, with separate username/password fields; ``http://``/``https://``
+  go through aiohttp's own proxy support (CONNECT for TLS, ``Proxy-Authorization``),
+  ``socks4://``/``socks5://``/``socks5h://`` through aiohttp-socks. Every call — chat,
+  token refresh, usage — picks its route here, so all of them take the same proxy.
 * The request headers of spec kiro-api.md §3 (user agents with Kiro version, machine id,
   OS and node version).
 * Mapping foreign exceptions: every aiohttp / OS / timeout error becomes an
@@ -23,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -55,7 +60,42 @@ class Identity:
     global_machine_id: str | None
 
 
-def _proxy_for(cred: Credential | None, config: Config) -> tuple[str | None, str | None, str | None]:
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """How calls for one proxy setting travel: the session (one per SOCKS proxy) and the
+    per-request arguments (HTTP proxies: the URL, and ``Proxy-Authorization`` for the
+    ``CONNECT`` that tunnels HTTPS). ``plain_auth`` is that header for plain ``http://``
+    targets, where aiohttp sends no proxy headers of its own (only tests and demos point
+    kiro_fast at plain HTTP; the header then goes to the proxy in clear, as HTTP does)."""
+
+    socks_url: str | None
+    kwargs: Mapping[str, Any]
+    plain_auth: str | None = None
+
+
+def _make_route(url: str | None, user: str | None, password: str | None) -> _Route:
+    if not url:
+        return _Route(None, {})
+    parts = urlsplit(url)
+    if parts.username is not None:  # credentials written into the URL win
+        user, password = unquote(parts.username), unquote(parts.password or "")
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    if parts.scheme.lower().startswith("socks"):
+        netloc = parts.netloc
+        if user and password:
+            netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{netloc}"
+        return _Route(urlunsplit(parts._replace(netloc=netloc)), {})
+    kwargs: dict[str, Any] = {"proxy": urlunsplit(parts)}
+    if not (user and password):  # kiro.rs: basic auth only when both are set
+        return _Route(None, kwargs)
+    auth = aiohttp.encode_basic_auth(user, password)
+    kwargs["proxy_headers"] = {"Proxy-Authorization": auth}
+    return _Route(None, kwargs, auth)
+
+
+def _proxy_for(
+    cred: Credential | None, config: Config
+) -> tuple[str | None, str | None, str | None]:
     """(url, user, password): the credential's proxy, ``direct`` opting out of the global one."""
     if cred is not None and cred.proxy_url:
         if cred.proxy_url.lower() == "direct":
@@ -73,6 +113,9 @@ class UpstreamClient:
             config.kiro_version, config.system_version, config.node_version, config.machine_id
         )
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+        self._routes: dict[tuple[str | None, str | None, str | None], _Route] = {}
+        #: aiohttp-socks' own exception classes, once a SOCKS session exists
+        self._proxy_errors: tuple[type[Exception], ...] = ()
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=config.connect_timeout,
@@ -93,9 +136,21 @@ class UpstreamClient:
     def _new_session(self, socks_url: str | None) -> aiohttp.ClientSession:
         connector: aiohttp.BaseConnector
         if socks_url:
-            from aiohttp_socks import ProxyConnector  # optional path: only with a SOCKS proxy
+            import aiohttp_socks  # noqa: PLC0415 - only needed with a SOCKS proxy
 
-            connector = ProxyConnector.from_url(socks_url, limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT)
+            self._proxy_errors = (
+                aiohttp_socks.ProxyError,
+                aiohttp_socks.ProxyConnectionError,
+                aiohttp_socks.ProxyTimeoutError,
+            )
+
+            # socks5h: the proxy resolves host names (python-socks spells it rdns).
+            remote_dns = socks_url.lower().startswith("socks5h://")
+            if remote_dns:
+                socks_url = "socks5://" + socks_url.split("://", 1)[1]
+            connector = aiohttp_socks.ProxyConnector.from_url(
+                socks_url, limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT, rdns=remote_dns
+            )
         else:
             connector = aiohttp.TCPConnector(
                 limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT, enable_cleanup_closed=False
@@ -116,13 +171,19 @@ class UpstreamClient:
     # ------------------------------------------------------------------ URLs and headers
 
     def api_base(self, cred: Credential) -> str:
-        return render_base(self.config.kiro_api_base, cred.api_region_for(self.config.effective_api_region()))
+        return render_base(
+            self.config.kiro_api_base, cred.api_region_for(self.config.effective_api_region())
+        )
 
     def auth_base(self, cred: Credential) -> str:
-        return render_base(self.config.kiro_auth_base, cred.auth_region_for(self.config.effective_auth_region()))
+        return render_base(
+            self.config.kiro_auth_base, cred.auth_region_for(self.config.effective_auth_region())
+        )
 
     def oidc_base(self, cred: Credential) -> str:
-        return render_base(self.config.oidc_base, cred.auth_region_for(self.config.effective_auth_region()))
+        return render_base(
+            self.config.oidc_base, cred.auth_region_for(self.config.effective_auth_region())
+        )
 
     def machine_id(self, cred: Credential) -> str:
         if not cred.machine_id:
@@ -140,7 +201,8 @@ class UpstreamClient:
             "x-amz-user-agent": f"aws-sdk-js/{STREAMING_SDK} {suffix}",
             "user-agent": (
                 f"aws-sdk-js/{STREAMING_SDK} ua/2.1 os/{ident.system_version} lang/js "
-                f"md/nodejs#{ident.node_version} api/codewhispererstreaming#{STREAMING_SDK} m/E {suffix}"
+                f"md/nodejs#{ident.node_version} "
+                f"api/codewhispererstreaming#{STREAMING_SDK} m/E {suffix}"
             ),
             "amz-sdk-invocation-id": str(uuid.uuid4()),
             "amz-sdk-request": "attempt=1; max=3",
@@ -157,7 +219,8 @@ class UpstreamClient:
             "x-amz-user-agent": f"aws-sdk-js/{RUNTIME_SDK} {suffix}",
             "user-agent": (
                 f"aws-sdk-js/{RUNTIME_SDK} ua/2.1 os/{ident.system_version} lang/js "
-                f"md/nodejs#{ident.node_version} api/codewhispererruntime#{RUNTIME_SDK} m/N,E {suffix}"
+                f"md/nodejs#{ident.node_version} "
+                f"api/codewhispererruntime#{RUNTIME_SDK} m/N,E {suffix}"
             ),
             "amz-sdk-invocation-id": str(uuid.uuid4()),
             "amz-sdk-request": "attempt=1; max=1",
@@ -168,21 +231,32 @@ class UpstreamClient:
 
     # ------------------------------------------------------------------ chat
 
-    def _request_kwargs(self, cred: Credential | None) -> dict[str, Any]:
-        url, user, password = _proxy_for(cred, self.config)
-        kwargs: dict[str, Any] = {}
-        if url and not url.lower().startswith("socks"):
-            kwargs["proxy"] = url
-            if user and password:
-                kwargs["proxy_auth"] = aiohttp.BasicAuth(user, password)
-        return kwargs
+    def _route(self, cred: Credential | None) -> _Route:
+        key = _proxy_for(cred, self.config)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = _make_route(*key)
+        return route
+
+    def _request_kwargs(
+        self, cred: Credential | None, url: str, headers: dict[str, str]
+    ) -> Mapping[str, Any]:
+        """Proxy arguments for one call (adds the proxy's auth header for plain HTTP)."""
+        route = self._route(cred)
+        if route.plain_auth is not None and url.startswith("http://"):
+            headers["Proxy-Authorization"] = route.plain_auth
+        return route.kwargs
 
     def _session_for(self, cred: Credential | None) -> aiohttp.ClientSession:
-        url, user, password = _proxy_for(cred, self.config)
-        if url and url.lower().startswith("socks") and user and password and "@" not in url:
-            scheme, rest = url.split("://", 1)
-            url = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
-        return self._session(url)
+        return self._session(self._route(cred).socks_url)
+
+    def _proxy_error(self, exc: Exception) -> UpstreamError | None:
+        """A SOCKS proxy's failure as an upstream error (``None``: not one of those)."""
+        if not isinstance(exc, self._proxy_errors):
+            return None
+        if "Timeout" in type(exc).__name__:
+            return UpstreamTimeout("the SOCKS proxy did not answer in time")
+        return UpstreamUnavailable(f"the SOCKS proxy failed: {exc}")
 
     async def open_chat(
         self, cred: Credential, body: bytes, first_byte_timeout: float
@@ -197,23 +271,32 @@ class UpstreamClient:
         """
         url = self.api_base(cred) + "/generateAssistantResponse"
         session = self._session_for(cred)
+        headers = self.chat_headers(cred)
+        proxy = self._request_kwargs(cred, url, headers)
         try:
             async with asyncio.timeout(first_byte_timeout):
-                response = await session.post(
-                    url, data=body, headers=self.chat_headers(cred), **self._request_kwargs(cred)
-                )
+                response = await session.post(url, data=body, headers=headers, **proxy)
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"no answer from upstream within {first_byte_timeout:g} s") from exc
+            raise UpstreamTimeout(
+                f"no answer from upstream within {first_byte_timeout:g} s"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise _map_client_error(exc) from exc
         except OSError as exc:
             raise UpstreamUnavailable(f"upstream connection failed: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            mapped = self._proxy_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
         if response.status != 200:
             try:
                 payload = await _read_error_body(response)
             finally:
                 response.release()
-            raise classify(response.status, payload, {k.lower(): v for k, v in response.headers.items()})
+            raise classify(
+                response.status, payload, {k.lower(): v for k, v in response.headers.items()}
+            )
         return response
 
     # ------------------------------------------------------------------ JSON calls
@@ -236,10 +319,12 @@ class UpstreamClient:
         import orjson  # noqa: PLC0415 - kept local: the hot path never calls this
 
         data = orjson.dumps(json_body) if json_body is not None else None
+        call_headers = dict(headers)
+        proxy = self._request_kwargs(cred, url, call_headers)
         try:
             async with asyncio.timeout(timeout or self.config.first_byte_timeout):
                 async with session.request(
-                    method, url, data=data, headers=dict(headers), **self._request_kwargs(cred)
+                    method, url, data=data, headers=call_headers, **proxy
                 ) as response:
                     return response.status, await response.content.read(1024 * 1024)
         except TimeoutError as exc:
@@ -247,7 +332,14 @@ class UpstreamClient:
         except aiohttp.ClientError as exc:
             raise _map_client_error(exc) from exc
         except OSError as exc:
-            raise UpstreamUnavailable(f"{_host(url)}: connection failed: {exc.strerror or exc}") from exc
+            raise UpstreamUnavailable(
+                f"{_host(url)}: connection failed: {exc.strerror or exc}"
+            ) from exc
+        except Exception as exc:
+            mapped = self._proxy_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
@@ -262,6 +354,8 @@ def _host(url: str) -> str:
 
 
 def _map_client_error(exc: aiohttp.ClientError) -> UpstreamError:
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return UpstreamUnavailable(f"the HTTP proxy answered {exc.status}")
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return UpstreamTimeout(f"upstream timed out: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorError):
