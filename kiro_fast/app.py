@@ -19,9 +19,10 @@ from typing import Any, Final
 
 import orjson
 
-from . import __version__, convert, models
+from . import __version__, convert, models, openai_api, structured_output, truncation, websearch
 from .anthropic_sse import AnthropicMessageSink, AnthropicSSESink, BufferedSSESink
 from .config import Config
+from .count_tokens import external_count
 from .errors import (
     AuthenticationError,
     InvalidRequest,
@@ -32,7 +33,7 @@ from .errors import (
 from .eventstream import IMPLEMENTATION
 from .pool import CredentialPool
 from .protocol import Exchange, Request
-from .relay import JSON_HEADERS, Plan, Relay
+from .relay import JSON_HEADERS, Plan, Relay, session_key
 from .stream import StreamConverter
 from .upstream import UpstreamClient
 
@@ -111,6 +112,7 @@ class App:
             buffered = prefix == "/cc/v1"
             self.route("POST", prefix + "/messages", self._messages_handler(buffered))
             self.route("POST", prefix + "/messages/count_tokens", self.count_tokens)
+        openai_api.install(self)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -188,8 +190,11 @@ class App:
         exchange.send(200, JSON_HEADERS, orjson.dumps(body))
 
     async def count_tokens(self, request: Request, exchange: Exchange) -> None:
+        """The configured external counter's figure, else (on any failure) the estimate."""
         payload = parse_json_object(request.body)
-        tokens = convert.count_tokens(payload, self.state.convert_options)
+        tokens = await external_count(self.state.client, self.state.config, payload)
+        if tokens is None:
+            tokens = convert.count_tokens(payload, self.state.convert_options)
         exchange.send(200, JSON_HEADERS, orjson.dumps({"input_tokens": max(1, tokens)}))
 
     # ------------------------------------------------------------------ messages
@@ -202,18 +207,51 @@ class App:
 
     async def messages(self, request: Request, exchange: Exchange, *, buffered: bool) -> None:
         payload = parse_json_object(request.body)
+        config = self.state.config
+        if config.web_search and convert.is_web_search_request(payload):
+            estimate = convert.count_tokens(payload, self.state.convert_options)
+            search = websearch.WebSearch(
+                self.state.pool, self.state.client, self.state.relay.settings.failover
+            )
+            await search.answer(payload, exchange, input_tokens=estimate)
+            return
+        session_header = request.header("x-claude-code-session-id") or ""
+        history = payload.get("messages")
+        history = history if isinstance(history, list) else []
+        notes: list[str] = []
+        if config.truncation_note:
+            session = convert.client_session_id(payload, session_header)
+            note = truncation.MEMORY.note_for(session, history)
+            if note is not None:
+                notes.append(note)
         converted = convert.anthropic_to_kiro(
             payload,
             self.state.convert_options,
             request_id=request.request_id,
-            session_id=request.header("x-claude-code-session-id") or "",
+            session_id=session_header,
+            notes=notes,
         )
+        if notes:
+            truncation.TRUNCATION["notes"] += 1
         streaming = payload.get("stream") is True
         message_id = "msg_" + uuid.uuid4().hex
         model = converted.client_model
         estimate = converted.input_tokens
+        schema = structured_output.requested_schema(payload)
+        request_id = request.request_id
 
         def make_sink() -> Any:
+            if schema is not None:
+                kind: Any = (
+                    structured_output.StructuredMessageSink
+                    if not streaming
+                    else structured_output.StructuredBufferedSSESink
+                    if buffered
+                    else structured_output.StructuredSSESink
+                )
+                return kind(
+                    model, message_id, input_estimate=estimate, schema=schema, request_id=request_id
+                )
             if not streaming:
                 return AnthropicMessageSink(model, message_id, input_estimate=estimate)
             if buffered:
@@ -232,11 +270,23 @@ class App:
         def render_error(exc: KiroFastError) -> tuple[int, bytes]:
             return exc.status, anthropic_error_body(exc.status, exc.error_type, exc.message)
 
+        def on_done(converter: StreamConverter, cred: Any) -> None:
+            truncation.record(
+                truncation.MEMORY,
+                converted.client_session,
+                history,
+                truncated=converter.truncated,
+                dropped_tool_calls=converter.dropped_tool_calls,
+            )
+
         plan = Plan(
             body=converted.body_json,
             make_sink=make_sink,
             make_converter=make_converter,
             streaming=streaming,
             render_error=render_error,
+            on_done=on_done,
+            session=session_key(payload),
+            model=converted.kiro_model,
         )
         await self.state.relay.run(exchange, plan)

@@ -21,7 +21,13 @@ estimate. Strategy, in order:
    upstream's rules; this module then renders the body: the system text (plus moved tool
    documentation and the thinking tags) as the first history pair, ``modelId`` and
    ``origin`` on every user message, the tools on the current message only.
-4. The body is encoded once to check the byte cap; the bytes are returned alongside it.
+4. Texts the proxy adds (the structured-output instruction, ``notes`` such as the
+   truncation notice of :mod:`kiro_fast.truncation`) join the current message before the
+   size checks, so they can never push a request past the upstream's limits.
+5. The input-token estimate (``message_start``, ``count_tokens``) is made on what is
+   sent upstream — the final system turn, history, current message and tool specs —
+   with :func:`kiro_fast.tokens.estimate_input_tokens`, plus framing and the hidden prompt.
+6. The body is encoded once to check the byte cap; the bytes are returned alongside it.
 
 Ignored upstream, by design: ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
 ``stop_sequences``, ``tool_choice``, ``cache_control``, ``context_management``.
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -52,6 +58,8 @@ from .models import (
 from .normalize import ASSISTANT, USER, Fixes, Image, ToolResult, ToolSpec, ToolUse, Turn
 from .tokens import UPSTREAM_HIDDEN_PROMPT_TOKENS, estimate_input_tokens
 
+#: count_tokens bodies may name no model, or any: they are estimated as for this one.
+COUNT_TOKENS_FALLBACK_MODEL: Final = "claude-sonnet-4.5"
 #: Claude Code's per-request system block; it changes every time and means nothing upstream.
 BILLING_HEADER_PREFIX: Final = "x-anthropic-billing-header:"
 #: kiro.rs's (and the Kiro IDE's) reply to the system turn.
@@ -135,6 +143,13 @@ class ConvertOptions:
                 f"max_tool_name_length must be at least {2 * nz.TOOL_NAME_HASH_CHARS}, "
                 f"got {self.max_tool_name_length}"
             )
+        # A moved description leaves a pointer naming the tool; it must fit the cap itself.
+        pointer = len(nz.TOOL_DOC_POINTER.format(name="n" * self.max_tool_name_length))
+        if self.max_tool_description_chars < pointer:
+            raise ConfigError(
+                f"max_tool_description_chars must be at least {pointer} (the pointer left "
+                f"for a moved description), got {self.max_tool_description_chars}"
+            )
         limits = nz.Limits(
             max_body_bytes=self.max_body_bytes,
             max_tool_name_length=self.max_tool_name_length,
@@ -171,6 +186,8 @@ class ConvertedRequest:
     fixes: list[str]
     #: ``body`` already encoded with orjson (the upstream client may splice profileArn in)
     body_json: bytes = b""
+    #: the client's own conversation id (Claude Code's session), None when it sent none
+    client_session: str | None = None
 
 
 @dataclass(slots=True)
@@ -186,53 +203,85 @@ def anthropic_to_kiro(
     *,
     request_id: str = "",
     session_id: str = "",
+    notes: Sequence[str] = (),
 ) -> ConvertedRequest:
     """Convert one /v1/messages request; InvalidRequest (or ContextTooLong) when impossible.
 
     ``session_id`` (Claude Code's ``X-Claude-Code-Session-Id``) becomes the
     conversationId when it is a UUID; otherwise ``metadata.user_id`` is consulted.
+    ``notes`` are appended to the current user message (e.g. the truncation notice).
     """
     fixes = Fixes(request_id)
     _require_object(request)
     model_name = request.get("model")
     if not isinstance(model_name, str) or not model_name.strip():
         raise InvalidRequest("model: must be a non-empty string")
-    info = resolve_model(
-        model_name,
-        options.model_overrides,
-        thinking_suffix=options.thinking_suffix,
-        openai_alias_model=options.openai_alias_model,
-    )
-    draft = _parse(request, fixes)
-    tokens = _estimate(draft, options.hidden_prompt_tokens)
-    thinking_tags = _thinking_tags(request, info, fixes)
-    instruction = _format_instruction(request) if options.structured_output_instruction else ""
-    if options.write_guidance:
-        _add_write_guidance(draft.tools)
-
-    history, current = nz.normalize_turns(draft.turns, options.limits, fixes)
-    if instruction:
-        current.text = nz.join_texts(current.text, instruction, separator="\n\n")
-    tools = nz.normalize_tools(draft.tools, [*history, current], options.limits, fixes)
-    system = _system_text(draft.system, tools.documentation, thinking_tags)
-
+    info = _resolve(model_name, options)
+    prepared = _prepare(request, info, options, fixes, notes)
+    history, current, system = prepared.history, prepared.current, prepared.system
     user_texts = [system, *(turn.text for turn in history if turn.role == USER), current.text]
     nz.check_user_texts(user_texts, options.limits, fixes)
-    conversation_id = _conversation_id(request, session_id)
-    body = _render(system, history, current, tools.specs, info.kiro_id, conversation_id)
-    encoded = nz.encode_body(body, options.limits, fixes, tokens=tokens)
+    session = client_session_id(request, session_id)
+    conversation_id = session or str(uuid.uuid4())
+    body = _render(system, history, current, prepared.tools.specs, info.kiro_id, conversation_id)
+    encoded = nz.encode_body(body, options.limits, fixes, tokens=prepared.tokens)
     return ConvertedRequest(
         body=body,
         client_model=model_name,
         kiro_model=info.kiro_id,
         context_window=info.context_window,
-        thinking=bool(thinking_tags),
-        tool_names=tools.names,
-        input_tokens=tokens,
+        thinking=prepared.thinking,
+        tool_names=prepared.tools.names,
+        input_tokens=prepared.tokens,
         conversation_id=conversation_id,
         fixes=fixes.codes,
         body_json=encoded,
+        client_session=session,
     )
+
+
+def _resolve(model_name: str, options: ConvertOptions) -> ModelInfo:
+    return resolve_model(
+        model_name,
+        options.model_overrides,
+        thinking_suffix=options.thinking_suffix,
+        openai_alias_model=options.openai_alias_model,
+    )
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """The normalised conversation, ready to render, and its token estimate."""
+
+    system: str
+    history: list[Turn]
+    current: Turn
+    tools: nz.NormalizedTools
+    thinking: bool
+    tokens: int
+
+
+def _prepare(
+    request: Mapping[str, Any],
+    info: ModelInfo,
+    options: ConvertOptions,
+    fixes: Fixes,
+    notes: Sequence[str] = (),
+) -> _Prepared:
+    """Everything up to the size checks: parse, normalise, add the injected texts, estimate."""
+    draft = _parse(request, fixes)
+    thinking_tags = _thinking_tags(request, info, fixes)
+    instruction = _format_instruction(request) if options.structured_output_instruction else ""
+    if options.write_guidance:
+        _add_write_guidance(draft.tools)
+    history, current = nz.normalize_turns(draft.turns, options.limits, fixes)
+    for extra in (instruction, *notes):
+        if extra:
+            current.text = nz.join_texts(current.text, extra, separator="\n\n")
+    tools = nz.normalize_tools(draft.tools, [*history, current], options.limits, fixes)
+    system = _system_text(draft.system, tools.documentation, thinking_tags)
+    tokens = _estimate(system, [*history, current], tools.specs, options.hidden_prompt_tokens)
+    return _Prepared(system, history, current, tools, bool(thinking_tags), tokens)
 
 
 def _system_text(system: str, documentation: str, thinking_tags: str) -> str:
@@ -244,10 +293,33 @@ def _system_text(system: str, documentation: str, thinking_tags: str) -> str:
 
 
 def count_tokens(request: Mapping[str, Any], options: ConvertOptions) -> int:
-    """/v1/messages/count_tokens: the same estimate as ``ConvertedRequest.input_tokens``."""
+    """/v1/messages/count_tokens: the same estimate as ``ConvertedRequest.input_tokens``.
+
+    The model may be missing or unknown here (count_tokens is informational): the
+    estimate is then made as for :data:`COUNT_TOKENS_FALLBACK_MODEL`. Size limits are
+    not enforced: a request too large to send still gets its count.
+    """
     _require_object(request)
-    draft = _parse(request, Fixes(count=False))
-    return _estimate(draft, options.hidden_prompt_tokens)
+    model_name = request.get("model")
+    try:
+        if not isinstance(model_name, str):
+            raise InvalidRequest("no model")
+        info = _resolve(model_name, options)
+    except InvalidRequest:
+        info = _resolve(COUNT_TOKENS_FALLBACK_MODEL, options)
+    return _prepare(request, info, options, Fixes(count=False)).tokens
+
+
+def client_session_id(request: Mapping[str, Any], session_id: str = "") -> str | None:
+    """The client's own conversation id (Claude Code's session UUID), or None (kiro.rs):
+    the ``X-Claude-Code-Session-Id`` header when it is a UUID, else ``metadata.user_id``."""
+    if _UUID.fullmatch(session_id):
+        return session_id
+    metadata = request.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if isinstance(user_id, str):
+        return _session_from_user_id(user_id)
+    return None
 
 
 def is_web_search_tool(tool: Any) -> bool:
@@ -637,19 +709,6 @@ def _format_instruction(request: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def _conversation_id(request: Mapping[str, Any], session_id: str) -> str:
-    """Claude Code's session UUID when there is one (kiro.rs), else a fresh UUID."""
-    if _UUID.fullmatch(session_id):
-        return session_id
-    metadata = request.get("metadata")
-    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
-    if isinstance(user_id, str):
-        found = _session_from_user_id(user_id)
-        if found:
-            return found
-    return str(uuid.uuid4())
-
-
 def _session_from_user_id(user_id: str) -> str | None:
     """``{"session_id": "<uuid>", ...}`` (newer Claude Code) or ``..._session_<uuid>``."""
     if user_id.startswith("{"):
@@ -729,17 +788,29 @@ def _user_message(turn: Turn, model_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- tokens
 
 
-def _estimate(draft: _Draft, overhead: int) -> int:
-    texts: list[str] = [draft.system]
+def _estimate(system: str, turns: list[Turn], tools: list[dict[str, Any]], overhead: int) -> int:
+    """The prompt the upstream will count: every text it is sent, as rendered by _render."""
+    texts: list[str] = []
     values: list[Any] = []
     images = 0
-    for turn in draft.turns:
+    if system:
+        texts += (system, SYSTEM_ACK)
+    for turn in turns:
         texts.append(turn.text)
         texts.extend(result.text for result in turn.tool_results)
-        values.extend(use.input for use in turn.tool_uses)
+        for use in turn.tool_uses:
+            texts.append(use.name)
+            values.append(use.input)
         images += len(turn.images)
-    for spec in draft.tools:
-        texts.append(spec.name)
-        texts.append(spec.description)
-        values.append(spec.schema)
-    return estimate_input_tokens(texts, values, images=images, overhead=overhead)
+    for tool in tools:
+        spec = tool["toolSpecification"]
+        texts += (spec["name"], spec["description"])
+        values.append(spec["inputSchema"]["json"])
+    return estimate_input_tokens(
+        texts,
+        values,
+        images=images,
+        messages=len(turns) + (2 if system else 0),
+        tools=len(tools),
+        overhead=overhead,
+    )

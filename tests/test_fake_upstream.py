@@ -139,8 +139,9 @@ def test_default_answer_streams_small_text_fragments_then_metering_and_context()
             assert len(parts) > 3 and all(1 <= len(p) <= 24 for p in parts)
             assert [kind for kind, _ in evs[-2:]] == ["meteringEvent", "contextUsageEvent"]
             assert evs[-2][1] == {"unit": "credit", "unitPlural": "credits", "usage": 0.0123}
-            # "Hello": 5 bytes → 2 tokens, + 2,000 overhead, over the 200k window
-            assert evs[-1][1] == {"contextUsagePercentage": 2002 / 200_000 * 100}
+            # "Hello": one word (1) + one message's framing (3) + the hidden 4,134,
+            # over the 200k window
+            assert evs[-1][1] == {"contextUsagePercentage": 4138 / 200_000 * 100}
             assert fake.requests[0].outcome == "complete"
             assert fake.counts["generateAssistantResponse"] == 1
 
@@ -150,10 +151,11 @@ def test_default_answer_streams_small_text_fragments_then_metering_and_context()
 def test_context_usage_uses_the_1m_window_for_4_6_models():
     async def main():
         async with serving() as (fake, session):
-            body = chat_body("x" * 4000, model="claude-opus-4.6")
+            body = chat_body(" ".join(["word"] * 1000), model="claude-opus-4.6")
             _, _, data = await post_chat(session, fake, body, social(fake))
             percentage = events(data)[-1][1]["contextUsagePercentage"]
-            assert round(percentage * 1_000_000 / 100) == 1000 + PROMPT_OVERHEAD_TOKENS
+            # 1000 one-token words + 3 framing + the hidden prompt
+            assert round(percentage * 1_000_000 / 100) == 1000 + 3 + PROMPT_OVERHEAD_TOKENS
 
     run(main)
 
@@ -328,7 +330,7 @@ def test_metadata_and_native_reasoning_events():
             assert "".join(p.get("text", "") for p in reasoning) == "Let me see."
             assert set(reasoning[-1]) == {"signature"}
             meta = [p for k, p in evs if k == "metadataEvent"][0]["tokenUsage"]
-            assert meta["uncachedInputTokens"] == 2 + PROMPT_OVERHEAD_TOKENS
+            assert meta["uncachedInputTokens"] == 1 + 3 + PROMPT_OVERHEAD_TOKENS
             # "Let me see." 11 bytes + "ok" 2 bytes → ceil(13 / 4)
             assert meta["outputTokens"] == 4
             assert meta["totalTokens"] == meta["uncachedInputTokens"] + 4

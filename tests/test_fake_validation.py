@@ -20,6 +20,7 @@ from kiro_fast.testing import (
     prompt_tokens,
     validate_request,
 )
+from kiro_fast.testing.conversation import text_tokens
 
 #: Large bodies would first break the 600 kB body cap; these tests look past it.
 NO_BODY_CAP = ValidationSettings(max_body_bytes=64 * 1024 * 1024)
@@ -463,22 +464,44 @@ def test_malformed_bodies(body):
 
 
 def test_prompt_token_counter_matches_its_definition():
-    # PLAIN: "Hello" = 5 bytes → ceil(5 / 4) = 2
-    assert prompt_tokens(PLAIN) == 2 + PROMPT_OVERHEAD_TOKENS
-    # MULTI_TURN: "And 3+3?" 8 + "You are terse." 14 + "I will follow these instructions." 33
-    # + "What is 2+2?" 12 + "4" 1 = 68 bytes → 17
-    assert prompt_tokens(MULTI_TURN) == 17 + PROMPT_OVERHEAD_TOKENS
-    # TOOL_ROUND_TRIP: "" + "18°C, sunny" 12 + tool: "get_weather" 11 + description 26
-    # + schema JSON 105 + history: "Weather in Paris?" 17 + "I'll check." 11
-    # + use name 11 + {"city":"Paris"} 16 = 209 bytes → 53
-    schema = (
-        '{"type":"object","properties":{"city":{"type":"string"}},'
-        '"required":["city"],"additionalProperties":true}'
-    )
-    assert len(schema) == 105
-    assert prompt_tokens(TOOL_ROUND_TRIP) == 53 + PROMPT_OVERHEAD_TOKENS
-    # IMAGE: "What is in this image?" 22 bytes → 6, plus one image
-    assert prompt_tokens(IMAGE) == 6 + PROMPT_OVERHEAD_TOKENS + IMAGE_TOKENS
+    overhead = PROMPT_OVERHEAD_TOKENS
+    assert overhead == 4_134
+    # PLAIN: "Hello" is one word (1) + one message's framing (3): a bare greeting reports
+    # the 4,138 prompt tokens measured on the real service
+    assert prompt_tokens(PLAIN) == 4_138
+    # MULTI_TURN: "You are terse." You, " are", " terse", "." = 4;
+    # "I will follow these instructions." I, " will", " follow" (6 letters: 1.05),
+    # " these", " instructions" (12: 1.35), "." = 6.4; "What is 2+2?" 6; "4" 1;
+    # "And 3+3?" And, " 3", "+", "3", "?" = 5 -> 22.4 -> 22, + 5 messages x 3
+    assert prompt_tokens(MULTI_TURN) == 22 + 15 + overhead
+    # TOOL_ROUND_TRIP: "Weather in Paris?" 4.1 (Weather: 7 letters 1.1); "I'll check." 5;
+    # use name get_weather 3.1 (get, "_", weather); input {"city":"Paris"} 5;
+    # result "18°C, sunny" 5 ("18", "°", "C", ",", " sunny"); tool name 3.1;
+    # description 6.1; schema JSON 25.58 (4-character clusters like '":{"' 4/3,
+    # "additionalProperties" 20/6.5) -> 56.98 -> 57, + 3 messages x 3 + 1 tool x 8
+    assert prompt_tokens(TOOL_ROUND_TRIP) == 57 + 9 + 8 + overhead
+    # IMAGE: "What is in this image?" 6 + 3 framing + one image
+    assert prompt_tokens(IMAGE) == 6 + 3 + IMAGE_TOKENS + overhead
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hello", 1.0),
+        (" hello", 1.0),
+        ("letters", 1.1),  # 7 letters: 1 + 2/20
+        ("internationalization", 20 / 6.5),
+        ("123456", 2),  # one token per 3 digits
+        ("::", 1.0),
+        ('"}}],"', 2.0),  # 6 characters / 3
+        ("=" * 40, 4.0),  # capped
+        ("\n\n    ", 1.0),  # one whitespace run
+        ("日本語", 3 * 0.93),
+        ("é", 1.0),
+    ],
+)
+def test_fake_tokenizer_model(text, expected):
+    assert text_tokens(text) == pytest.approx(expected)
 
 
 def test_context_windows():

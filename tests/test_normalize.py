@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -325,10 +326,13 @@ def test_decoded_base64_size() -> None:
 def test_oversized_user_message_is_context_too_long() -> None:
     fixes = Fixes()
     with pytest.raises(ContextTooLong) as caught:
-        nz.check_user_texts(["short", "a" * 4000], Limits(max_user_content_chars=1000), fixes)
+        nz.check_user_texts(["short", "ab " * 1334], Limits(max_user_content_chars=1000), fixes)
     assert fixes.codes == [nz.REJECTED_OVERSIZED_MESSAGE]
-    # 4000 chars -> 1000 tokens; the maximum scales with the limit: 1000 * 1000 // 4000
-    assert caught.value.message.startswith("prompt is too long: 1000 tokens > 250 maximum")
+    # 1334 words x 1.04 = 1387.36 -> 1387 tokens over 4002 chars; the maximum scales with
+    # the limit: 1387 * 1000 // 4002 = 346
+    assert caught.value.message.startswith("prompt is too long: 1387 tokens > 346 maximum")
+    # the wording Claude Code's CLI parses to size its compaction (its regex, verbatim)
+    assert re.search(r"prompt is too long[^0-9]*(\d+)\s*tokens?\s*>\s*(\d+)", caught.value.message)
     assert caught.value.status == 400
     assert caught.value.error_type == "invalid_request_error"
 

@@ -1,4 +1,4 @@
-"""Token estimators (kiro-api.md §8.3): kiro.rs's character-unit rule, worked by hand."""
+"""Token estimators (kiro-api.md §8.3): the calibrated run-counting model, worked by hand."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import pytest
 
 from kiro_fast.tokens import (
     IMAGE_TOKENS,
+    MESSAGE_TOKENS,
+    TOOL_TOKENS,
     estimate_input_tokens,
     estimate_output_tokens,
     json_tokens,
@@ -17,43 +19,39 @@ from kiro_fast.tokens import (
     ("text", "expected"),
     [
         ("", 0),
-        # 5 units -> 1.25 tokens, x1.5 (< 100 tokens) = 1.875 -> 1
+        # one word run: 1.04 -> 1
         ("Hello", 1),
-        # 40 units -> 10 tokens x1.5 = 15
-        ("a" * 40, 15),
-        # 400 units -> 100 tokens: not < 100, < 200 -> x1.3 = 130
-        ("a" * 400, 130),
-        # 800 units -> 200 tokens -> x1.25 = 250
-        ("a" * 800, 250),
-        # 1200 units -> 300 tokens -> x1.2 = 360
-        ("a" * 1200, 360),
-        # 3196 units -> 799 tokens -> x1.2 = 958.8 -> 958
-        ("a" * 3196, 958),
-        # 3200 units -> 800 tokens -> x1.0
-        ("a" * 3200, 800),
-        # Latin-1 / Latin Extended / Latin Extended Additional are Western: 1 unit each
-        ("é" * 3200, 800),
-        ("ǅ" * 3200, 800),
-        ("ẞ" * 3200, 800),
-        # CJK: 4 units each -> 800 chars = 3200 units = 800 tokens
-        ("中" * 800, 800),
-        # Cyrillic and emoji count 4 units as well
-        ("д" * 800, 800),
-        ("😀" * 800, 800),
-        # mixed: 1600 ASCII + 400 CJK = 1600 + 1600 = 3200 units
-        ("a" * 1600 + "中" * 400, 800),
+        # 2 word runs (2.08) + punctuation runs "," and "!" (2.06) = 4.14 -> 4
+        ("Hello, world!", 4),
+        # 9 words (9.36) + "." (1.03) = 10.39 -> 10
+        ("The quick brown fox jumps over the lazy dog.", 10),
+        # code: words def, f, x, return, x, 1 (6.24); punctuation "(", "):", "+" (3.09);
+        # one line-break run "\n" before the indent (1.47) = 10.8 -> 11
+        ("def f(x):\n    return x + 1", 11),
+        # blank lines are one line-break run: 2 words + 1 run = 3.55 -> 4
+        ("one\n\n\ntwo", 4),
+        # JSON: words a, b (2.08); punctuation runs '{"', '":"', '"}' (3.09) = 5.17 -> 5
+        ('{"a":"b"}', 5),
+        # a 40-character word: 1.04 + 2 full 16-character stretches x 2.5 = 6.04 -> 6
+        ("x" * 40, 6),
+        # CJK: one token per character (800), the Latin "a" run adds 1.04 -> 801
+        ("a" + "中" * 800, 801),
+        # accented letters: "caf" word run 1.04 + "é" (other non-ASCII) 1.0 = 2.04 -> 2
+        ("café", 2),
+        # Cyrillic and emoji count one per character
+        ("д" * 10 + "😀" * 10, 20),
     ],
 )
-def test_text_tokens_follows_kiro_rs(text: str, expected: int) -> None:
+def test_text_tokens_counts_runs(text: str, expected: int) -> None:
     assert text_tokens(text) == expected
 
 
 def test_json_tokens_counts_the_compact_json() -> None:
-    # {"a":"bbbbbbbbbb"} is 18 characters -> 4.5 tokens x1.5 = 6.75 -> 6
-    assert json_tokens({"a": "b" * 10}) == 6
-    # non-ASCII JSON text is counted on its characters, not its UTF-8 bytes:
-    # ["中中中中"] = 2 + 4 CJK + 2 = 4 + 16 units = 20 -> 5 tokens x1.5 = 7.5 -> 7
-    assert json_tokens(["中中中中"]) == 7
+    # {"a":"bbbbbbbbbb"}: words a, bbbbbbbbbb (2.08) + '{"', '":"', '"}' (3.09) -> 5
+    assert json_tokens({"a": "b" * 10}) == 5
+    # ["中中中中"]: the ASCII runs are counted with the non-ASCII characters taken out,
+    # so '["' and '"]' make one punctuation run (1.03), + 4 CJK (4.0) = 5.03 -> 5
+    assert json_tokens(["中中中中"]) == 5
 
 
 def test_json_tokens_of_unencodable_value_is_zero() -> None:
@@ -61,12 +59,22 @@ def test_json_tokens_of_unencodable_value_is_zero() -> None:
     assert json_tokens(object()) == 0
 
 
-def test_estimate_input_tokens_sums_pieces_with_inflation_per_piece() -> None:
-    # two pieces of 400 chars: 130 each (per-piece inflation, as kiro.rs sums them)
-    assert estimate_input_tokens(["a" * 400, "a" * 400]) == 260
-    assert estimate_input_tokens(["a" * 400], [{"a": "b" * 10}]) == 136
-    assert estimate_input_tokens([], images=2, overhead=100) == 2 * IMAGE_TOKENS + 100
+def test_estimate_input_tokens_counts_pieces_in_one_pass_plus_framing() -> None:
+    # joined with a space: 2 word runs -> 2.08 -> 2
+    assert estimate_input_tokens(["alpha", "beta"]) == 2
+    # "alpha" + {"a":"bbbbbbbbbb"} -> 3 words (3.12) + 3 punctuation runs (3.09) -> 6
+    assert estimate_input_tokens(["alpha"], [{"a": "b" * 10}]) == 6
+    framed = estimate_input_tokens([], images=2, messages=3, tools=4, overhead=100)
+    assert framed == 2 * IMAGE_TOKENS + 3 * MESSAGE_TOKENS + 4 * TOOL_TOKENS + 100
+    assert (MESSAGE_TOKENS, TOOL_TOKENS, IMAGE_TOKENS) == (3, 8, 1_600)
     assert estimate_input_tokens([""]) == 1
+
+
+def test_text_tokens_is_fast_enough_to_need_no_sampling() -> None:
+    # 200 KB of mixed text is counted exactly (no shortcut): doubling the text doubles
+    # the runs, so the estimate doubles up to rounding.
+    text = "word, another line\n\tindented(x) 中文 " * 5_000
+    assert abs(text_tokens(text * 2) - 2 * text_tokens(text)) <= 1
 
 
 @pytest.mark.parametrize(
