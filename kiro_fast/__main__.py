@@ -4,6 +4,10 @@ kiro.rs's flags work unchanged (``-c/--config``, ``--credentials``); ``--host`` 
 ``--port`` override the file. ``kiro-fast demo`` starts the built-in fake Kiro upstream
 and the proxy together with no credentials at all and prints a working ``curl`` line;
 plain ``kiro-fast`` with no config file and no credentials does the same.
+
+``--workers N`` (or ``auto``: one per CPU; env ``KIRO_FAST_WORKERS``) runs N supervised
+worker processes on one port (:mod:`kiro_fast.supervisor`). Each worker is this same
+command line with the hidden ``--worker-fd`` flag added by the supervisor.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import load_config
+from .config import Config, load_config
 from .errors import ConfigError, KiroFastError
 
 log = logging.getLogger("kiro_fast")
@@ -26,6 +30,32 @@ log = logging.getLogger("kiro_fast")
 DEFAULT_CONFIG = "config.json"
 DEFAULT_CREDENTIALS = "credentials.json"
 DEMO_API_KEY = "kiro-fast-demo-key"
+#: Default of --workers (a number or ``auto``); unset or 0 serves in this process.
+WORKERS_ENV = "KIRO_FAST_WORKERS"
+
+#: Config keys a flag overrides: (JSON key, flag, argparse dest). Workers get them back.
+OVERRIDE_FLAGS = (
+    ("host", "--host", "host"),
+    ("port", "--port", "port"),
+    ("logLevel", "--log-level", "log_level"),
+    ("logFormat", "--log-format", "log_format"),
+    ("logFile", "--log-file", "log_file"),
+)
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a count (0 = serve in this process) or ``auto`` (one per CPU)."""
+    if text.strip().lower() == "auto":
+        from .supervisor import available_cpus  # noqa: PLC0415
+
+        return available_cpus()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {count}")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="listen port (overrides the config)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", choices=("text", "json"))
+    parser.add_argument("--log-file", help="also write log lines to this file")
+    parser.add_argument(
+        "--workers",
+        type=worker_count,
+        default=os.environ.get(WORKERS_ENV) or "0",
+        help="serve with N supervised worker processes, or 'auto' (one per CPU)",
+    )
+    parser.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--no-browser", action="store_true", help="do not offer to open the admin UI"
     )
@@ -52,17 +90,17 @@ class Invocation:
     config_path: str | None
     credentials_path: str | None
     overrides: dict[str, Any]
+    #: worker processes to supervise (0: serve in this process)
+    workers: int = 0
+    #: set in a worker: its end of the link to the supervisor
+    worker_fd: int | None = None
 
 
 def interpret(argv: Sequence[str] | None = None) -> Invocation:
     args = build_parser().parse_args(argv)
     overrides: dict[str, Any] = {}
-    for key, value in (
-        ("host", args.host),
-        ("port", args.port),
-        ("logLevel", args.log_level),
-        ("logFormat", args.log_format),
-    ):
+    for key, _, dest in OVERRIDE_FLAGS:
+        value = getattr(args, dest)
         if value is not None:
             overrides[key] = value
     config_path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
@@ -77,7 +115,39 @@ def interpret(argv: Sequence[str] | None = None) -> Invocation:
             if (config_path or credentials_path or os.environ.get("KIRO_FAST_API_KEY"))
             else "demo"
         )
-    return Invocation(command, config_path, credentials_path, overrides)
+    # A worker inherits KIRO_FAST_WORKERS; it must serve, not supervise again.
+    workers = 0 if args.worker_fd is not None else args.workers
+    return Invocation(command, config_path, credentials_path, overrides, workers, args.worker_fd)
+
+
+def worker_command(invocation: Invocation) -> Callable[[str, int, int], list[str]]:
+    """How the supervisor starts a worker: this invocation, on the resolved address."""
+    base = [sys.executable, "-m", "kiro_fast", "serve"]
+    if invocation.config_path:
+        base += ["--config", os.path.abspath(invocation.config_path)]
+    if invocation.credentials_path:
+        base += ["--credentials", os.path.abspath(invocation.credentials_path)]
+    for key, flag, _ in OVERRIDE_FLAGS:
+        if key in invocation.overrides and key not in ("host", "port"):
+            base += [flag, str(invocation.overrides[key])]
+
+    def command(host: str, port: int, fd: int) -> list[str]:
+        return [*base, "--host", host, "--port", str(port), "--worker-fd", str(fd)]
+
+    return command
+
+
+def configure_logging(config: Config, worker: int | None) -> None:
+    """Log as the config says; a worker stamps its slot number on every record."""
+    from .logs import setup_logging  # noqa: PLC0415 - after the config says how
+
+    stream = sys.stderr if config.log_file else None
+    handlers = setup_logging(config.log_level, config.log_format, stream, config.log_file)
+    if worker is not None:
+        from .supervisor import WorkerLogFilter  # noqa: PLC0415
+
+        for handler in handlers:
+            handler.addFilter(WorkerLogFilter(worker))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,15 +157,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kiro-fast: {exc.message}", file=sys.stderr)
         return 2
-    from .logs import setup_logging  # noqa: PLC0415 - after the config says how
-
-    setup_logging(config.log_level, config.log_format)
+    worker_slot = _worker_slot(invocation)
+    try:
+        configure_logging(config, worker_slot)
+    except (OSError, ValueError) as exc:
+        print(f"kiro-fast: cannot set up logging: {exc}", file=sys.stderr)
+        return 2
     from .runtime import run_demo, run_serve  # noqa: PLC0415 - keeps --version fast
+
+    def reload_config() -> Config:
+        fresh = load_config(invocation.config_path, overrides=invocation.overrides)
+        configure_logging(fresh, worker_slot)
+        return fresh
 
     try:
         if invocation.command == "demo":
+            if invocation.workers:
+                raise ConfigError("--workers applies to serve, not demo")
             return run_demo(config)
-        return run_serve(config, invocation.credentials_path or DEFAULT_CREDENTIALS)
+        if invocation.workers:
+            from .supervisor import run_supervisor  # noqa: PLC0415
+
+            return run_supervisor(
+                config,
+                invocation.workers,
+                command=worker_command(invocation),
+                reload_config=reload_config,
+            )
+        worker = None
+        if invocation.worker_fd is not None:
+            from .supervisor import WorkerLink  # noqa: PLC0415
+
+            worker = WorkerLink(invocation.worker_fd)
+        return run_serve(
+            config,
+            invocation.credentials_path or DEFAULT_CREDENTIALS,
+            reload_config=reload_config,
+            worker=worker,
+        )
     except ConfigError as exc:
         print(f"kiro-fast: {exc.message}", file=sys.stderr)
         return 2
@@ -104,6 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _worker_slot(invocation: Invocation) -> int | None:
+    if invocation.worker_fd is None:
+        return None
+    from .supervisor import WORKER_ENV  # noqa: PLC0415
+
+    slot = os.environ.get(WORKER_ENV, "")
+    return int(slot) if slot.isdigit() else 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import h11
 import orjson
 
 from kiro_fast.errors import KiroFastError
+from kiro_fast.forwarded import client_address
 from kiro_fast.logs import request_id_var
 
 __all__ = [
@@ -322,9 +323,11 @@ class Exchange:
         assert head is not None
         self._transport.write(head)
         self._writable = self._body_allowed(status)
-        # h11 frames an unknown-length body as chunked for HTTP/1.1 peers and as
-        # close-delimited raw bytes for HTTP/1.0 ones; write() must match.
-        self._chunked = self._conn.their_http_version == b"1.1"
+        # h11 frames an unknown-length body as chunked for peers of HTTP/1.1 and up
+        # (h11 accepts any 1.x) and as close-delimited raw bytes for HTTP/1.0 ones;
+        # write() must match, by h11's own comparison.
+        version = self._conn.their_http_version
+        self._chunked = version is not None and version >= b"1.1"
 
     def write(self, data: bytes) -> None:
         """Send one chunk of a streamed body. Empty data does nothing."""
@@ -473,6 +476,7 @@ class HttpProtocol(asyncio.Protocol):
         "_phase",
         "_since",
         "_timer",
+        "_timer_at",
         "_read_paused",
         "_write_paused",
         "_drain_waiter",
@@ -507,7 +511,8 @@ class HttpProtocol(asyncio.Protocol):
         # watchdog: the phase, when it started (or, reading a body, the last read)
         self._phase = _HEAD
         self._since = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -633,6 +638,10 @@ class HttpProtocol(asyncio.Protocol):
         if len(headers) > opts.max_header_count:
             self._reject(431, f"too many header fields (limit {opts.max_header_count})")
             return False
+        if head.method == b"CONNECT":
+            # h11 turns a 2xx answer to CONNECT into a tunnel; this is not a proxy.
+            self._reject(501, "CONNECT is not supported")
+            return False
         for name, value in headers:
             if name == b"content-length":
                 if int(value) > opts.max_body_size:
@@ -690,6 +699,14 @@ class HttpProtocol(asyncio.Protocol):
         return os.urandom(8).hex()
 
     def _on_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        if self._task is not None:
+            # Bytes behind the request being answered (after "Connection: close", or
+            # garbage pipelined after it): answering now would cut into that response.
+            # Finish it, read nothing more, then close.
+            logger.info("closing after this response: %s", str(exc)[:200])
+            self._keep_alive = False
+            self._pause_reading()
+            return
         status = exc.error_status_hint
         logger.info("rejecting malformed request from %s: %s", self._client, str(exc)[:200])
         if status == 431:
@@ -778,14 +795,18 @@ class HttpProtocol(asyncio.Protocol):
             return
         request = exchange.request
         status = exchange.status if exchange.started else 0
+        peer = request.client[0] if request.client else "-"
+        # The forwarded address only when the peer is a trusted proxy (see forwarded).
+        client = client_address(peer, request.headers)
         access_logger.info(
-            '%s "%s %s" %d%s',
-            request.client[0] if request.client else "-",
+            '%s "%s %s" %d%s%s',
+            client,
             request.method,
             request.target,
             status,
             " (client disconnected)" if exchange.disconnected else "",
-            extra={"request_id": request.request_id, "status": status},
+            "" if client == peer else " via " + peer,
+            extra={"request_id": request.request_id, "status": status, "client": client},
         )
 
     # ----------------------------------------------------------------- flow control
@@ -823,10 +844,13 @@ class HttpProtocol(asyncio.Protocol):
         deadline = self._since + self._limit()
         timer = self._timer
         if timer is not None:
-            if timer.when() <= deadline:
+            # Not timer.when(): for a deadline already past, uvloop's call_at() returns a
+            # plain Handle, which has none (a loop late by a whole timeout, or a 0 s one).
+            if self._timer_at <= deadline:
                 return
             timer.cancel()
         self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_at = deadline
 
     def _on_timer(self) -> None:
         self._timer = None
