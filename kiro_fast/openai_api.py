@@ -39,7 +39,7 @@ from .openai_sse import (
     error_body,
 )
 from .protocol import Exchange, Request
-from .relay import JSON_HEADERS, Plan
+from .relay import JSON_HEADERS, Plan, session_key
 from .responses_store import ResponseStore
 from .stream import StreamConverter
 
@@ -100,7 +100,7 @@ class OpenAIEndpoints:
                 model, completion_id, created=created, thinking_format=thinking_format
             )
 
-        await self._run(exchange, converted, make_sink, chat.stream)
+        await self._run(exchange, converted, make_sink, chat.stream, session_key(chat.anthropic))
 
     # ------------------------------------------------------------------ responses
 
@@ -135,7 +135,9 @@ class OpenAIEndpoints:
             sinks.append(sink)
             return sink
 
-        await self._run(exchange, converted, make_sink, rewritten.stream)
+        await self._run(
+            exchange, converted, make_sink, rewritten.stream, session_key(rewritten.anthropic)
+        )
 
     def _previous(self, response_id: Any) -> tuple[list[dict[str, Any]] | None, str]:
         """The stored conversation ``previous_response_id`` continues, and its session."""
@@ -177,6 +179,7 @@ class OpenAIEndpoints:
         converted: convert.ConvertedRequest,
         make_sink: Callable[[], Any],
         streaming: bool,
+        session: str | None,
     ) -> None:
         def make_converter(sink: Any) -> StreamConverter:
             return StreamConverter(
@@ -193,6 +196,8 @@ class OpenAIEndpoints:
             make_converter=make_converter,
             streaming=streaming,
             render_error=render_error,
+            session=converted.client_session or session,
+            model=converted.kiro_model,
         )
         await self.state.relay.run(exchange, plan)
 

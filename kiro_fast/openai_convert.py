@@ -94,6 +94,7 @@ def chat_request(request: Mapping[str, Any], options: ConvertOptions) -> ChatReq
     out: dict[str, Any] = {"model": model, "messages": messages}
     if system:
         out["system"] = system
+    _add_user(out, request)
     tools = _tools(request.get("tools"), "tools")
     if tools:
         out["tools"] = tools
@@ -105,6 +106,15 @@ def chat_request(request: Mapping[str, Any], options: ConvertOptions) -> ChatReq
         raise InvalidRequest("stream_options: must be an object")
     include_usage = stream and bool(stream_options and stream_options.get("include_usage"))
     return ChatRequest(out, stream, include_usage)
+
+
+def _add_user(out: dict[str, Any], request: Mapping[str, Any]) -> None:
+    """OpenAI's ``user`` identifies the end user: it keeps a session on one credential."""
+    user = request.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("user: must be a string")
+    if user:
+        out["metadata"] = {"user_id": user}
 
 
 def _chat_messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -246,6 +256,7 @@ def responses_request(
     system_text = "\n".join(text for text in (instructions or "", *system) if text)
     if system_text:
         out["system"] = system_text
+    _add_user(out, request)
     tools = _tools(request.get("tools"), "tools")
     if tools:
         out["tools"] = tools

@@ -266,9 +266,16 @@ def test_tool_choice_and_sampling_fields_are_ignored() -> None:
         top_p=0.9,
         max_tokens=10,
         stop=["x"],
-        user="u1",
     )
     assert out == {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_user_field_becomes_the_session_key() -> None:
+    # OpenAI's ``user`` names the end user; it keeps that user's requests on one credential.
+    out = chat([{"role": "user", "content": "hi"}], user="u1")
+    assert out["metadata"] == {"user_id": "u1"}
+    with pytest.raises(InvalidRequest, match="user"):
+        chat([{"role": "user", "content": "hi"}], user=5)
 
 
 @pytest.mark.parametrize(
