@@ -217,6 +217,24 @@ class Config:
             "truncationNote", (), "tell the model, on the next turn, that its answer was cut"
         ),
     )
+    max_upstream_body_bytes: int = field(
+        default=600_000,
+        metadata=_meta(
+            "maxUpstreamBodyBytes", (), "largest upstream request body before 'prompt is too long'"
+        ),
+    )
+    strip_schema_keywords: bool = field(
+        default=False,
+        metadata=_meta("stripSchemaKeywords", (), "drop JSON-Schema keywords Kiro may reject"),
+    )
+    write_guidance: bool = field(
+        default=True,
+        metadata=_meta("writeGuidance", (), "ask the model for short Write/Edit calls (§9.4)"),
+    )
+    hidden_prompt_tokens: int = field(
+        default=4_100,
+        metadata=_meta("hiddenPromptTokens", (), "Kiro's own prompt, added to input estimates"),
+    )
     # --- behaviour
     load_balancing_mode: str = field(
         default="priority",
@@ -615,6 +633,8 @@ _SPECIAL: dict[str, Validator] = {
     "openai_thinking_format": _choice("reasoning_content", "thinking", "think"),
     "openai_alias_model": _non_empty,
     "previous_responses_max": _non_negative_int,
+    "max_upstream_body_bytes": _non_negative_int,
+    "hidden_prompt_tokens": _non_negative_int,
     "previous_responses_ttl": _positive,
 }
 

@@ -48,6 +48,11 @@ def convert_options(config: Config) -> convert.ConvertOptions:
     return convert.ConvertOptions(
         model_overrides=dict(config.model_overrides),
         thinking_suffix=config.thinking_suffix,
+        openai_alias_model=config.openai_alias_model,
+        max_body_bytes=config.max_upstream_body_bytes,
+        strip_schema_keywords=config.strip_schema_keywords,
+        write_guidance=config.write_guidance,
+        hidden_prompt_tokens=config.hidden_prompt_tokens,
     )
 
 

@@ -161,3 +161,24 @@ def test_documentation_lists_peer_variables() -> None:
     assert "PORT" in rows["port"]
     assert "REQUEST_TIMEOUT_MINUTES (minutes)" in rows["firstByteTimeout"]
     assert "TOKEN_SELECTION_STRATEGY" in rows["loadBalancingMode"]
+
+
+def test_conversion_settings_reach_the_converter() -> None:
+    from kiro_fast.runtime import convert_options
+
+    config = build_config(
+        {
+            "openaiAliasModel": "claude-sonnet-4.6",
+            "maxUpstreamBodyBytes": 700_000,
+            "stripSchemaKeywords": True,
+            "writeGuidance": False,
+            "hiddenPromptTokens": 0,
+        },
+        environ={},
+    )
+    options = convert_options(config)
+    assert options.openai_alias_model == "claude-sonnet-4.6"
+    assert options.max_body_bytes == 700_000
+    assert options.strip_schema_keywords is True
+    assert options.write_guidance is False
+    assert options.hidden_prompt_tokens == 0
