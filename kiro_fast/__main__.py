@@ -5,6 +5,15 @@ kiro.rs's flags work unchanged (``-c/--config``, ``--credentials``); ``--host`` 
 and the proxy together with no credentials at all and prints a working ``curl`` line;
 plain ``kiro-fast`` with no config file and no credentials does the same.
 
+Before anything else, a ``.env`` file in the working directory (or ``--env-file PATH``)
+is read into the environment without overriding what is already set, as kiro2api and
+the kiro.rs SQLite variant do (:mod:`kiro_fast.dotenv`).
+
+Started from a terminal (stdout is a TTY) without ``--no-browser``, ``serve`` prints the
+admin UI's address and opens it when a display exists; with no admin key or password
+configured it makes a one-time admin key for this run and puts it in the address's
+fragment (never in a log line), so a local user manages everything from the browser.
+
 ``--workers N`` (or ``auto``: one per CPU; env ``KIRO_FAST_WORKERS``) runs N supervised
 worker processes on one port (:mod:`kiro_fast.supervisor`). Each worker is this same
 command line with the hidden ``--worker-fd`` flag added by the supervisor.
@@ -21,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, dotenv
 from .config import Config, load_config
 from .errors import ConfigError, KiroFastError
 
@@ -81,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-browser", action="store_true", help="do not offer to open the admin UI"
     )
+    parser.add_argument(
+        "--env-file", help=f"variables to load first (default ./{dotenv.DEFAULT_FILE})"
+    )
     return parser
 
 
@@ -94,6 +106,8 @@ class Invocation:
     workers: int = 0
     #: set in a worker: its end of the link to the supervisor
     worker_fd: int | None = None
+    #: ``--no-browser``: never print or open the admin UI's address
+    no_browser: bool = False
 
 
 def interpret(argv: Sequence[str] | None = None) -> Invocation:
@@ -110,14 +124,37 @@ def interpret(argv: Sequence[str] | None = None) -> Invocation:
     command = args.command
     if command is None:
         # No config and no credentials: nothing to proxy to, so show the demo.
-        command = (
-            "serve"
-            if (config_path or credentials_path or os.environ.get("KIRO_FAST_API_KEY"))
-            else "demo"
-        )
+        command = "serve" if (config_path or credentials_path or _client_key_in_env()) else "demo"
     # A worker inherits KIRO_FAST_WORKERS; it must serve, not supervise again.
     workers = 0 if args.worker_fd is not None else args.workers
-    return Invocation(command, config_path, credentials_path, overrides, workers, args.worker_fd)
+    return Invocation(
+        command,
+        config_path,
+        credentials_path,
+        overrides,
+        workers,
+        args.worker_fd,
+        no_browser=args.no_browser,
+    )
+
+
+def _client_key_in_env() -> bool:
+    return any(os.environ.get(n) for n in ("KIRO_FAST_API_KEY", "KIRO_CLIENT_TOKEN", "API_KEY"))
+
+
+def load_env_file(argv: Sequence[str] | None) -> None:
+    """``--env-file PATH`` (must exist), else ``./.env`` if present, into the environment.
+
+    Raises:
+        ConfigError: the file is unreadable or malformed.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--env-file")
+    known, _ = pre.parse_known_args(argv)
+    if known.env_file:
+        dotenv.load(known.env_file, required=True)
+    else:
+        dotenv.load(dotenv.DEFAULT_FILE)
 
 
 def worker_command(invocation: Invocation) -> Callable[[str, int, int], list[str]]:
@@ -152,8 +189,10 @@ def configure_logging(config: Config, worker: int | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        load_env_file(argv)
         invocation = interpret(argv)
         config = load_config(invocation.config_path, overrides=invocation.overrides)
+        announce, config = _admin_announcement(invocation, config)
     except ConfigError as exc:
         print(f"kiro-fast: {exc.message}", file=sys.stderr)
         return 2
@@ -178,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if invocation.workers:
             from .supervisor import run_supervisor  # noqa: PLC0415
 
+            if announce is not None:
+                announce.show(config.host, config.port)
             return run_supervisor(
                 config,
                 invocation.workers,
@@ -194,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             invocation.credentials_path or DEFAULT_CREDENTIALS,
             reload_config=reload_config,
             worker=worker,
+            announce=announce if worker is None else None,
         )
     except ConfigError as exc:
         print(f"kiro-fast: {exc.message}", file=sys.stderr)
@@ -203,6 +245,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _admin_announcement(invocation: Invocation, config: Config) -> tuple[Any, Config]:
+    """The admin address printer for an interactive ``serve`` (``None`` otherwise), and
+    the config to serve with.
+
+    With no admin key or password configured, a one-time admin key is made for this
+    run and put into the environment, so every worker and a reload pick it up; only the
+    printed address carries it.
+    """
+    if invocation.command != "serve" or invocation.worker_fd is not None:
+        return None, config
+    if invocation.no_browser or not sys.stdout.isatty():
+        return None, config
+    from .admin.announce import Announcement  # noqa: PLC0415
+
+    return Announcement.prepare(config, os.environ)
 
 
 def _worker_slot(invocation: Invocation) -> int | None:

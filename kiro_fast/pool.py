@@ -24,7 +24,8 @@ What this module owns:
   more look at the source file); transient refresh failures cool it down briefly; quota
   exhaustion cools it down until the reset date; throttling cools it down; N consecutive
   failures disable it. Cool-downs live in the state store, shared by every process.
-* Usage: ``getUsageLimits`` per credential, cached for a TTL, for ``most_quota``, for
+* Usage: ``getUsageLimits`` per credential, cached for a TTL, for ``most_quota`` and
+  ``min_usage_threshold`` (credentials known to have fewer credits left are skipped), for
   reset dates and for the admin API.
 * The in-memory view: the served credentials, refreshed from the store in the background
   when ``credentials_version()`` moved (checked at most every ``SYNC_INTERVAL``), so the
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+from . import metrics
 from .config import Config
 from .credential_sync import CredentialSync, credential_from_store_entry
 from .credentials import Credential
@@ -70,10 +72,12 @@ REFRESH_MARGIN: Final = 600.0
 REFRESH_GRACE: Final = 60.0
 #: The view of the store is refreshed at most this often (seconds).
 SYNC_INTERVAL: Final = 1.0
-#: Concurrency slots expire after this long if their holder dies; live streams renew them
-#: every ``SLOT_RENEW`` seconds, so a stream may last as long as it needs.
-SLOT_LEASE: Final = 600.0
-SLOT_RENEW: Final = 240.0
+#: Concurrency slots expire after this long if their holder dies (a killed process gives
+#: its capacity back within a minute and a half; ``slotLease`` changes it). Live streams
+#: renew them every ``SLOT_RENEW`` seconds, or a third of a shorter lease, so a stream may
+#: last as long as it needs and survives a missed renewal.
+SLOT_LEASE: Final = 90.0
+SLOT_RENEW: Final = 30.0
 #: A queued request checks the store this often: other processes free slots without
 #: waking it (releases in this process wake it at once).
 CAPACITY_POLL: Final = 0.25
@@ -107,6 +111,9 @@ class PoolSettings:
     usage_ttl: float = 300.0
     #: the refresh lock's lease: longer than one refresh call may take
     refresh_lock_lease: float = 70.0
+    #: credentials whose last known remaining credits are below this are skipped (0: off)
+    min_usage_threshold: float = 0.0
+    slot_lease: float = SLOT_LEASE
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
@@ -122,6 +129,8 @@ class PoolSettings:
             refresh_failure_cooldown=config.refresh_failure_cooldown,
             usage_ttl=config.usage_cache_ttl,
             refresh_lock_lease=config.auth_timeout + 10.0,
+            min_usage_threshold=config.min_usage_threshold,
+            slot_lease=config.slot_lease,
         )
 
 
@@ -158,7 +167,7 @@ class Lease:
     async def __aenter__(self) -> Lease:
         self.cred, self._slots = await self.pool._acquire(self._request)
         if self._slots:
-            self._renewal = asyncio.get_running_loop().call_later(SLOT_RENEW, self._renew)
+            self._renewal = asyncio.get_running_loop().call_later(self._every, self._renew)
         return self
 
     async def __aexit__(
@@ -174,7 +183,11 @@ class Lease:
 
     def _renew(self) -> None:
         self.pool._spawn(self.pool._extend(self._slots))
-        self._renewal = asyncio.get_running_loop().call_later(SLOT_RENEW, self._renew)
+        self._renewal = asyncio.get_running_loop().call_later(self._every, self._renew)
+
+    @property
+    def _every(self) -> float:
+        return min(SLOT_RENEW, self.pool.settings.slot_lease / 3)
 
 
 class CredentialPool:
@@ -208,6 +221,8 @@ class CredentialPool:
         self._dirty: collections.Counter[int] = collections.Counter()
         self._generation: collections.Counter[int] = collections.Counter()
         self._cooldown_generation = 0
+        #: cool-down writes under way: a sync may have read the store before they landed
+        self._cooldown_writes = 0
         self._failures: collections.Counter[int] = collections.Counter()
         self._inflight: collections.Counter[int] = collections.Counter()
         self._served: collections.Counter[int] = collections.Counter()
@@ -279,7 +294,7 @@ class CredentialPool:
                     await self._commit(cred, self.client.machine_id)
         cooldown_generation = self._cooldown_generation
         cooldowns = await self.state.cooldowns()
-        if cooldown_generation == self._cooldown_generation:
+        if cooldown_generation == self._cooldown_generation and not self._cooldown_writes:
             self._cooldowns = cooldowns
 
     def _apply(self, fresh: list[Credential], generations: dict[int, int]) -> list[Credential]:
@@ -366,16 +381,21 @@ class CredentialPool:
                 cred, slots = picked
                 if await self._fresh_or_skip(cred, slots, skip):
                     self._inflight[cred.id] += 1
+                    if deadline is not None:
+                        waited = self.settings.queue_timeout - (deadline - loop.time())
+                        metrics.queue_waited(waited, "acquired")
                     return cred, slots
                 continue
             if deadline is None:
                 if self._waiting >= self.settings.queue_size:
+                    metrics.queue_waited(0.0, "full")
                     raise CredentialsBusy(
                         "every credential is busy and the wait queue is full", retry_after=picked
                     )
                 deadline = loop.time() + self.settings.queue_timeout
             remaining = deadline - loop.time()
             if remaining <= 0:
+                metrics.queue_waited(self.settings.queue_timeout - remaining, "timeout")
                 raise CredentialsBusy(
                     f"every credential stayed busy for {self.settings.queue_timeout:g} s",
                     retry_after=picked,
@@ -396,6 +416,7 @@ class CredentialPool:
 
     async def _wait(self, freed: asyncio.Event, timeout: float) -> None:
         self._waiting += 1
+        metrics.queue_entered()
         try:
             async with asyncio.timeout(timeout):
                 await freed.wait()
@@ -403,6 +424,7 @@ class CredentialPool:
             pass
         finally:
             self._waiting -= 1
+            metrics.queue_left()
 
     async def _pick(self, skip: set[int], request: _Request) -> tuple[Credential, Slots] | float:
         """A candidate with its slots, or how long until one may be free."""
@@ -415,7 +437,7 @@ class CredentialPool:
         overall: Slots = []
         if self.settings.max_concurrent_requests:
             token = await self.state.acquire_slot(
-                "global", self.settings.max_concurrent_requests, SLOT_LEASE
+                "global", self.settings.max_concurrent_requests, self.settings.slot_lease
             )
             if token is None:
                 return BUSY_RETRY_AFTER
@@ -441,7 +463,7 @@ class CredentialPool:
         cap = self.settings.max_concurrent_per_credential
         if cap:
             scope = f"cred:{cred.id}"
-            token = await self.state.acquire_slot(scope, cap, SLOT_LEASE)
+            token = await self.state.acquire_slot(scope, cap, self.settings.slot_lease)
             if token is None:
                 return BUSY_RETRY_AFTER
             slots.append((scope, token))
@@ -468,6 +490,8 @@ class CredentialPool:
             and not self._cooling(c.id, now)
             and not (opus and _is_free(c))
         ]
+        if self.settings.min_usage_threshold > 0:
+            eligible = self._above_threshold(eligible, now)
         ordered = self._order(eligible, now)
         first = prefer if prefer is not None else self._sticky_for(request.session, now)
         if first is not None:
@@ -476,6 +500,23 @@ class CredentialPool:
                     ordered.insert(0, ordered.pop(index))
                     break
         return ordered
+
+    def _above_threshold(self, eligible: list[Credential], now: float) -> list[Credential]:
+        """Credentials not known to be below ``min_usage_threshold`` (unknown ones serve
+        while their usage is fetched in the background)."""
+        self._refresh_usage_soon(eligible, now)
+        floor = self.settings.min_usage_threshold
+        kept = []
+        for cred in eligible:
+            info = self._usage.last(cred.id)
+            if info is None or info.remaining >= floor:
+                kept.append(cred)
+        return kept
+
+    @property
+    def current_id(self) -> int | None:
+        """The credential chosen last (kiro.rs's "current"), if any."""
+        return self._rr_last if self._rr_last >= 0 else None
 
     def _order(self, eligible: list[Credential], now: float) -> list[Credential]:
         strategy = self.settings.strategy
@@ -520,6 +561,12 @@ class CredentialPool:
             )
         if model and "opus" in model.lower() and all(_is_free(c) for c in enabled):
             return NoCredentialAvailable(f"no credential may use {model}: FREE accounts cannot")
+        floor = self.settings.min_usage_threshold
+        if floor > 0 and all(self._remaining(c.id) < floor for c in enabled):
+            return NoCredentialAvailable(
+                f"every enabled credential has fewer than {floor:g} credits left "
+                "(minUsageThreshold)"
+            )
         return NoCredentialAvailable(
             f"no usable Kiro credential: {len(self.credentials) - len(enabled)} disabled, "
             f"{len(skip)} failed for this request"
@@ -552,7 +599,7 @@ class CredentialPool:
     async def _extend(self, slots: Slots) -> None:
         for scope, token in slots:
             try:
-                await self.state.extend_slot(scope, token, SLOT_LEASE)
+                await self.state.extend_slot(scope, token, self.settings.slot_lease)
             except Exception as exc:
                 log.warning("could not renew slot %s: %s", scope, type(exc).__name__)
 
@@ -643,6 +690,10 @@ class CredentialPool:
         """
         fresh = await self.book.reread(cred)
         if fresh is None:
+            return False
+        if fresh.fingerprint == cred.fingerprint:
+            # Unchanged since we last read or wrote it: nobody rotated anything there. When
+            # a write-back failed (disk full), it holds tokens older than ours: never take them.
             return False
         if fresh.refresh_token == cred.refresh_token and fresh.access_token in (
             None,
@@ -737,17 +788,29 @@ class CredentialPool:
 
     async def _cool_until(self, cred: Credential, until: float, reason: str) -> None:
         self._cooldown_generation += 1
+        self._cooldown_writes += 1
         self._cooldowns[cred.id] = (until, reason)
         log.warning("%s cooling down for %.0f s: %s", cred.label(), until - self.clock(), reason)
         try:
             await self.state.set_cooldown(cred.id, until, reason)
         except Exception as exc:
             log.warning("could not store the cool-down of %s: %s", cred.label(), type(exc).__name__)
+        finally:
+            self._cooldown_written()
 
     async def clear_cooldown(self, cred: Credential) -> None:
         self._cooldown_generation += 1
+        self._cooldown_writes += 1
         self._cooldowns.pop(cred.id, None)
-        await self.state.clear_cooldown(cred.id)
+        try:
+            await self.state.clear_cooldown(cred.id)
+        finally:
+            self._cooldown_written()
+
+    def _cooldown_written(self) -> None:
+        """A sync that read the store before a cool-down write landed must not apply it."""
+        self._cooldown_writes -= 1
+        self._cooldown_generation += 1
 
     async def quota_exhausted(self, cred: Credential) -> None:
         """Monthly quota gone (402): out until the reset date the usage call reported."""
@@ -761,6 +824,10 @@ class CredentialPool:
         self._failures[cred.id] += 1
         if self._failures[cred.id] >= self.settings.max_failures and not cred.disabled:
             await self._disable_now(cred, TOO_MANY_FAILURES)
+
+    def failure_count(self, cred_id: int) -> int:
+        """Consecutive failures of a credential in this process (the admin view)."""
+        return self._failures.get(cred_id, 0)
 
     def cooldown_of(self, cred_id: int) -> tuple[float, str] | None:
         """The active cool-down of a credential (until, reason), if any."""

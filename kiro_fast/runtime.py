@@ -8,25 +8,38 @@ kiro2api ``KIRO_AUTH_TOKEN``, Kiro-Go ``CONFIG_PATH``, the Kiro IDE token file) 
 shared state store (``stateUrl``; SQLite ``data/kiro_fast.db`` by default) and serves
 from there. A runtime built in code (demo, tests, benchmarks) gets its credentials as
 objects and, unless told otherwise, a private in-memory store.
+
+Runtime settings (:mod:`kiro_fast.live_settings`) are read from the store at start and
+pushed to their consumers whenever they change: the upstream client (identity, proxy,
+timeouts), the relay (first-byte timeout, ping interval), the pool (strategy, minimum
+usage threshold) and the application (count_tokens API, thinking suffix). The admin API
+and UI (:mod:`kiro_fast.admin`) are installed on every runtime; the first admin user is
+created at start from ``adminUsername``/``adminPassword`` when it does not exist yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import convert, forwarded
+from .accounting import AccountingRelay
+from .admin import AdminContext
+from .admin import install as install_admin
 from .app import App, AppState, error_body
 from .config import Config
 from .credentials import Credential
 from .errors import ConfigError
 from .eventstream import IMPLEMENTATION
 from .failover import FailoverSettings
+from .live_settings import LiveSettings
 from .pool import CredentialPool, PoolSettings
 from .relay import Relay, RelaySettings
 from .server import Server, ServerOptions, install_loop
@@ -93,7 +106,7 @@ class Runtime:
             sources=sources,
             clock=clock,
         )
-        self.relay = Relay(
+        self.relay: Relay = AccountingRelay(
             self.pool,
             self.client,
             RelaySettings(
@@ -108,6 +121,15 @@ class Runtime:
         self.app = App(
             AppState(config, self.pool, self.client, self.relay, convert_options(config))
         )
+        self.live = LiveSettings(config, state)
+        self.live.subscribe(self._apply_settings)
+        self.app.live = self.live
+        self.admin = install_admin(
+            self.app,
+            AdminContext(config, self.pool, self.client, state, self.live, self.app.client_keys),
+        )
+        #: called once the server listens (the CLI prints the admin address with it)
+        self.on_listening: Callable[[Runtime], Any] | None = None
         self.server = Server(
             self.app,
             ServerOptions(
@@ -126,6 +148,8 @@ class Runtime:
         log.info("kiro_fast event-stream decoder: %s", IMPLEMENTATION)
         forwarded.configure(self.config.trusted_proxies)
         await self.state.open()
+        await self.live.load()
+        await self.admin.bootstrap()
         await self.pool.start(self._initial)
         log.info("%d credential(s) in the pool (state: %s)", len(self.pool), self.state.describe())
         if not self.pool.credentials:
@@ -134,10 +158,29 @@ class Runtime:
             self.config.host, self.config.port, sock=sock, reuse_port=reuse_port
         )
         log.info("listening on http://%s:%d", self.config.host, self.port)
+        if self.on_listening is not None:
+            self.on_listening(self)
+
+    def _apply_settings(self, config: Config) -> None:
+        """Push changed runtime settings to every consumer (see the module docstring)."""
+        self.client.apply_config(config)
+        self.relay.settings = RelaySettings(
+            first_byte_timeout=config.first_byte_timeout,
+            ping_interval=config.ping_interval,
+            failover=self.relay.settings.failover,
+        )
+        self.pool.settings = dataclasses.replace(
+            self.pool.settings,
+            strategy=config.load_balancing_mode,
+            min_usage_threshold=config.min_usage_threshold,
+            refresh_lock_lease=config.auth_timeout + 10.0,
+        )
+        self.app.apply_config(config, convert_options(config))
 
     async def stop(self, timeout: float | None = None) -> None:
         await self.server.shutdown(self.config.shutdown_timeout if timeout is None else timeout)
         await self.pool.close()
+        await self.app.client_keys.close()
         await self.client.close()
         if self._own_state:
             await self.state.close()
@@ -192,13 +235,17 @@ def run_serve(
     *,
     reload_config: Callable[[], Config] | None = None,
     worker: WorkerLink | None = None,
+    announce: Any = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; SIGHUP rebuilds from ``reload_config()`` (see supervisor).
 
     ``worker``: this process is one of a supervisor's workers (``SO_REUSEPORT``, readiness).
+    ``announce``: an :class:`~kiro_fast.admin.announce.Announcement` shown once listening.
     """
     install_loop()
     runtime = build_runtime(config, credentials_path)
+    if announce is not None:
+        runtime.on_listening = lambda r: announce.show(r.config.host, r.port)
 
     def rebuild() -> Runtime:
         assert reload_config is not None

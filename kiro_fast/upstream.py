@@ -17,6 +17,10 @@ What this module owns:
   :class:`UpstreamError` subclass here, once, with the original as ``__cause__``; a
   non-200 answer becomes :func:`upstream_errors.classify`'s error.
 
+* Runtime settings (:mod:`kiro_fast.live_settings`): :meth:`UpstreamClient.apply_config`
+  swaps the identity, proxy and timeouts; timeouts go with each request, so the next
+  call uses the new values without new sessions.
+
 Which credential to use and whether to retry is decided by the caller.
 """
 
@@ -116,12 +120,19 @@ class UpstreamClient:
         self._routes: dict[tuple[str | None, str | None, str | None], _Route] = {}
         #: aiohttp-socks' own exception classes, once a SOCKS session exists
         self._proxy_errors: tuple[type[Exception], ...] = ()
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=config.connect_timeout,
-            sock_connect=config.connect_timeout,
-            sock_read=config.stream_idle_timeout,
+        self._timeout = _client_timeout(config)
+
+    def apply_config(self, config: Config) -> None:
+        """Take changed runtime settings (:mod:`kiro_fast.live_settings`): identity, proxy,
+        timeouts. Calls already under way finish with the settings they started with."""
+        self.config = config
+        self.identity = Identity(
+            config.kiro_version,
+            config.system_version,
+            config.node_version,
+            self.identity.global_machine_id,
         )
+        self._timeout = _client_timeout(config)
 
     # ------------------------------------------------------------------ sessions
 
@@ -275,7 +286,9 @@ class UpstreamClient:
         proxy = self._request_kwargs(cred, url, headers)
         try:
             async with asyncio.timeout(first_byte_timeout):
-                response = await session.post(url, data=body, headers=headers, **proxy)
+                response = await session.post(
+                    url, data=body, headers=headers, timeout=self._timeout, **proxy
+                )
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"no answer from upstream within {first_byte_timeout:g} s"
@@ -324,7 +337,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(timeout or self.config.first_byte_timeout):
                 async with session.request(
-                    method, url, data=data, headers=call_headers, **proxy
+                    method, url, data=data, headers=call_headers, timeout=self._timeout, **proxy
                 ) as response:
                     return response.status, await response.content.read(1024 * 1024)
         except TimeoutError as exc:
@@ -340,6 +353,16 @@ class UpstreamClient:
             if mapped is None:
                 raise
             raise mapped from exc
+
+
+def _client_timeout(config: Config) -> aiohttp.ClientTimeout:
+    """Per-request timeouts (passed with each call, so a settings change applies at once)."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=config.connect_timeout,
+        sock_connect=config.connect_timeout,
+        sock_read=config.stream_idle_timeout,
+    )
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:

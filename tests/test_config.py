@@ -23,7 +23,7 @@ def config(file: dict[str, Any] | None = None, **environ: str) -> Any:
 def test_kiro2api_environment_maps_onto_kiro_fast() -> None:
     c = config(
         PORT="9090",
-        KIRO_CLIENT_TOKEN="client-key",
+        KIRO_CLIENT_TOKEN="kiro2api-client-token",
         KIRO_AUTH_TOKEN='[{"auth":"Social","refreshToken":"aor..."}]',
         TOKEN_SELECTION_STRATEGY="optimal",
         LOG_LEVEL="warn",
@@ -35,7 +35,7 @@ def test_kiro2api_environment_maps_onto_kiro_fast() -> None:
         MAX_CONCURRENT_SESSIONS="100",
     )
     assert c.port == 9090
-    assert c.api_key == "client-key"
+    assert c.api_key == "kiro2api-client-token"
     assert c.kiro_auth_token == '[{"auth":"Social","refreshToken":"aor..."}]'
     assert c.load_balancing_mode == "most_quota"
     assert (c.log_level, c.log_format, c.log_file) == ("warning", "json", "/var/log/kiro.log")
