@@ -5,10 +5,23 @@ the route table, the client-key check (``x-api-key`` or ``Authorization: Bearer`
 compared in constant time), JSON parsing of request bodies, and turning a
 :class:`KiroFastError` raised before the response started into the API's own error
 shape. The upstream conversation itself is :class:`relay.Relay`'s job.
+
+Routes are exact paths (one dict lookup: the hot ``/v1/messages`` path never does more)
+or, consulted only when no exact path matched, patterns with ``{name}`` segments such
+as ``/api/admin/credentials/{id}``; a handler reads its segments with
+:func:`path_param`.
+
+Client keys: the configured ``apiKey`` is compared first (constant time, no store
+access); any other key is looked up among the stored client keys and admitted within
+its limits (:mod:`kiro_fast.accounting`). Every authenticated request ends as one usage
+event in the state store. Admin routes (``/api/admin/…``) check their own credentials
+and answer errors in kiro.rs's admin shape ``{"error":{"type","message"}}``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import hmac
 import logging
 import time
@@ -19,7 +32,17 @@ from typing import Any, Final
 
 import orjson
 
-from . import __version__, convert, models, openai_api, structured_output, truncation, websearch
+from . import (
+    __version__,
+    accounting,
+    convert,
+    metrics,
+    models,
+    openai_api,
+    structured_output,
+    truncation,
+    websearch,
+)
 from .anthropic_sse import AnthropicMessageSink, AnthropicSSESink, BufferedSSESink
 from .config import Config
 from .count_tokens import external_count
@@ -41,8 +64,30 @@ log = logging.getLogger("kiro_fast.app")
 
 Handler = Callable[[Request, Exchange], Awaitable[None]]
 
+#: The ``{name}`` segments of the pattern route serving the running request.
+_PATH_PARAMS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "kiro_fast_path_params"
+)
+
+
+def path_param(name: str) -> str:
+    """A ``{name}`` segment of the running request's pattern route (still percent-encoded).
+
+    Raises:
+        NotFound: the route has no such segment.
+    """
+    value = _PATH_PARAMS.get({}).get(name)
+    if value is None:
+        raise NotFound(f"no path parameter {name!r}")
+    return value
+
+
 #: Paths whose errors use OpenAI's shape instead of Anthropic's.
 OPENAI_PREFIXES: Final = ("/v1/chat/", "/v1/responses", "/v1/completions")
+#: Paths whose errors use kiro.rs's admin shape.
+ADMIN_PREFIX: Final = "/api/admin/"
+#: kiro.rs admin error types for the Anthropic ones (kiro-auth.md §10.1).
+_ADMIN_TYPES: Final = {"invalid_request_error": "invalid_request", "not_found_error": "not_found"}
 
 
 def anthropic_error_body(status: int, error_type: str, message: str) -> bytes:
@@ -62,10 +107,17 @@ def openai_error_body(status: int, error_type: str, message: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
 
 
+def admin_error_body(status: int, error_type: str, message: str) -> bytes:
+    kind = _ADMIN_TYPES.get(error_type, error_type)
+    return orjson.dumps({"error": {"type": kind, "message": message}})
+
+
 def error_body(path: str, status: int, error_type: str, message: str) -> bytes:
     """The protocol layer's renderer too: the API's own error shape for ``path``."""
     if path.startswith(OPENAI_PREFIXES):
         return openai_error_body(status, error_type, message)
+    if path.startswith(ADMIN_PREFIX):
+        return admin_error_body(status, error_type, message)
     return anthropic_error_body(status, error_type, message)
 
 
@@ -97,11 +149,37 @@ class App:
         self.state = state
         self._api_key = (state.config.api_key or "").encode()
         self.routes: dict[str, dict[str, tuple[Handler, bool]]] = {}
+        #: pattern routes: (segments, methods), consulted only when no exact path matched
+        self.patterns: list[tuple[tuple[str, ...], dict[str, tuple[Handler, bool]]]] = []
+        self.client_keys = accounting.ClientKeyGate(state.pool.state)
+        #: runtime settings; polled per request (one clock comparison) when set
+        self.live: Any = None
         self._install()
 
     def route(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
-        """Register ``handler`` for ``method path`` (``auth``: the client key is required)."""
-        self.routes.setdefault(path, {})[method] = (handler, auth)
+        """Register ``handler`` for ``method path`` (``auth``: the client key is required).
+
+        A path with ``{name}`` segments is a pattern; the handler reads them with
+        :func:`path_param`.
+        """
+        if "{" not in path:
+            self.routes.setdefault(path, {})[method] = (handler, auth)
+            return
+        segments = tuple(path.strip("/").split("/"))
+        for known, methods in self.patterns:
+            if known == segments:
+                methods[method] = (handler, auth)
+                return
+        self.patterns.append((segments, {method: (handler, auth)}))
+
+    def apply_config(self, config: Config, options: convert.ConvertOptions) -> None:
+        """Take changed runtime settings: count_tokens API, thinking suffix (both APIs)."""
+        self.state.config = config
+        self.state.convert_options = options
+        if self.openai is not None:
+            self.openai.options = dataclasses.replace(
+                options, openai_alias_model=config.openai_alias_model
+            )
 
     def _install(self) -> None:
         self.route("GET", "/", self.root, auth=False)
@@ -112,18 +190,28 @@ class App:
             buffered = prefix == "/cc/v1"
             self.route("POST", prefix + "/messages", self._messages_handler(buffered))
             self.route("POST", prefix + "/messages/count_tokens", self.count_tokens)
-        openai_api.install(self)
+        self.openai: openai_api.OpenAIEndpoints | None = openai_api.install(self)
+        metrics.install(self)
 
     # ------------------------------------------------------------------ dispatch
 
     async def __call__(self, request: Request, exchange: Exchange) -> None:
         started = time.monotonic()
+        record = metrics.request_started()
+        if self.live is not None:
+            self.live.poll()
         try:
-            handler = self._resolve(request)
+            handler, auth = self._resolve(request)
+            if auth:
+                await self._authenticate(request)
             await handler(request, exchange)
         except KiroFastError as exc:
             self._send_error(request, exchange, exc)
         finally:
+            note = accounting.CURRENT.get()
+            if note is not None:
+                self.client_keys.finish(note, request.path, exchange)
+            metrics.request_finished(record, self.routes, request, exchange)
             log.debug(
                 "%s %s done in %.1f ms",
                 request.method,
@@ -131,28 +219,66 @@ class App:
                 (time.monotonic() - started) * 1e3,
             )
 
-    def _resolve(self, request: Request) -> Handler:
+    def _resolve(self, request: Request) -> tuple[Handler, bool]:
+        """The handler and whether it needs the client key."""
         methods = self.routes.get(request.path)
         if methods is None:
-            raise NotFound(f"no route for {request.method} {request.path}")
+            methods = self._match_pattern(request.path)
+            if methods is None:
+                raise NotFound(f"no route for {request.method} {request.path}")
         entry = methods.get(request.method)
         if entry is None:
             raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-        handler, auth = entry
-        if auth:
-            self._authenticate(request)
-        return handler
+        return entry
 
-    def _authenticate(self, request: Request) -> None:
+    def _match_pattern(self, path: str) -> dict[str, tuple[Handler, bool]] | None:
+        parts = path.strip("/").split("/")
+        for segments, methods in self.patterns:
+            if len(segments) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            for want, got in zip(segments, parts, strict=True):
+                if want[:1] == "{":
+                    if not got:
+                        break
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                _PATH_PARAMS.set(params)
+                return methods
+        return None
+
+    async def _authenticate(self, request: Request) -> None:
+        """The configured key (fast, no store access) or a stored client key within its
+        limits. The request's usage note becomes current (``accounting.CURRENT``) once
+        the key is known, so a request refused for a limit is counted too.
+
+        Raises:
+            AuthenticationError: no key, or not a valid one.
+            PermissionDenied, RateLimited: a client key's allow-list or limits.
+        """
         presented = request.header("x-api-key")
         if presented is None:
             authorization = request.header("authorization") or ""
             if authorization[:7].lower() == "bearer ":
                 presented = authorization[7:].strip()
-        if not presented or not self._api_key:
+        if not presented:
             raise AuthenticationError("missing API key: send x-api-key or Authorization: Bearer")
-        if not hmac.compare_digest(presented.encode(), self._api_key):
+        if self._api_key and hmac.compare_digest(presented.encode(), self._api_key):
+            accounting.CURRENT.set(accounting.RequestNote(None))
+            return
+        key = await self.client_keys.lookup(presented)
+        if key is None or not key.enabled:
             raise AuthenticationError("invalid API key")
+        note = accounting.RequestNote(key.id)
+        accounting.CURRENT.set(note)
+        metrics.note_client_key(key.name)
+        note.model = await self.client_keys.admit(key, request.body, self._kiro_model)
+
+    def _kiro_model(self, name: str) -> str | None:
+        options = self.state.convert_options
+        return accounting.kiro_model_of(name, options.thinking_suffix, options.model_overrides)
 
     def _send_error(self, request: Request, exchange: Exchange, exc: KiroFastError) -> None:
         if exchange.started or exchange.disconnected:

@@ -15,7 +15,14 @@ Rules:
   ``KIRO_AUTH_TOKEN`` (credentials), ``TOKEN_SELECTION_STRATEGY``, ``LOG_LEVEL``/
   ``LOG_FORMAT``/``LOG_FILE``, ``MAX_CONCURRENT_SESSIONS`` and the ``*_TIMEOUT_MINUTES``
   request timeouts (converted to seconds); Kiro-Go's ``CONFIG_PATH`` names its account
-  file. Every variable may instead be given as ``NAME_FILE=/path`` (Docker secrets).
+  file. The kiro.rs SQLite variant's ``.env`` keys load too: ``HOST``, ``PORT``,
+  ``API_KEY``, ``ADMIN_USERNAME``/``ADMIN_PASSWORD`` (the first admin login),
+  ``DB_PATH`` (the SQLite state file), ``JWT_SECRET``, ``JWT_EXPIRY_HOURS``; Kiro-Go's
+  ``ADMIN_PASSWORD`` is the same variable. Every variable may instead be given as
+  ``NAME_FILE=/path`` (Docker secrets). A ``.env`` file is read by the CLI
+  (:mod:`kiro_fast.dotenv`) before this module looks at the environment.
+* Runtime settings (:mod:`kiro_fast.live_settings`) are validated by
+  :func:`validate_value`, the same checks as the file's.
 * Upstream base URLs may contain ``{region}``; they are configurable so tests, the demo
   and benchmarks point kiro_fast at the built-in fake upstream.
 """
@@ -34,6 +41,7 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError
+from .tokens import UPSTREAM_HIDDEN_PROMPT_TOKENS
 
 #: kiro.rs picks one of these at start-up when systemVersion is not configured.
 SYSTEM_VERSIONS = ("darwin#24.6.0", "win32#10.0.22631")
@@ -91,7 +99,8 @@ class Config:
 
     # --- listening
     host: str = field(
-        default="127.0.0.1", metadata=_meta("host", ("KIRO_FAST_HOST",), "listen address")
+        default="127.0.0.1",
+        metadata=_meta("host", ("KIRO_FAST_HOST", "HOST"), "listen address"),
     )
     port: int = field(
         default=8080, metadata=_meta("port", ("KIRO_FAST_PORT", "PORT"), "listen port")
@@ -100,7 +109,7 @@ class Config:
         default=None,
         metadata=_meta(
             "apiKey",
-            ("KIRO_FAST_API_KEY", "KIRO_CLIENT_TOKEN"),
+            ("KIRO_FAST_API_KEY", "KIRO_CLIENT_TOKEN", "API_KEY"),
             "client API key (x-api-key or Bearer)",
             True,
         ),
@@ -108,6 +117,36 @@ class Config:
     admin_api_key: str | None = field(
         default=None,
         metadata=_meta("adminApiKey", ("KIRO_FAST_ADMIN_API_KEY",), "admin API key", True),
+    )
+    admin_username: str = field(
+        default="admin",
+        metadata=_meta(
+            "adminUsername",
+            ("KIRO_FAST_ADMIN_USERNAME", "ADMIN_USERNAME"),
+            "admin login name created on first start (with adminPassword)",
+        ),
+    )
+    admin_password: str | None = field(
+        default=None,
+        metadata=_meta(
+            "adminPassword",
+            ("KIRO_FAST_ADMIN_PASSWORD", "ADMIN_PASSWORD"),
+            "admin login password, stored hashed on first start; later changed in the admin UI",
+            True,
+        ),
+    )
+    jwt_secret: str | None = field(
+        default=None,
+        metadata=_meta(
+            "jwtSecret",
+            ("KIRO_FAST_JWT_SECRET", "JWT_SECRET"),
+            "signs admin login tokens (default: a random one kept in the state store)",
+            True,
+        ),
+    )
+    jwt_expiry_hours: float = field(
+        default=24.0,
+        metadata=_meta("jwtExpiryHours", ("JWT_EXPIRY_HOURS",), "admin login token lifetime"),
     )
     trusted_proxies: tuple[str, ...] = field(
         default=(),
@@ -192,7 +231,7 @@ class Config:
         default=None,
         metadata=_meta(
             "stateUrl",
-            ("KIRO_FAST_STATE_URL",),
+            ("KIRO_FAST_STATE_URL", "DB_PATH"),
             "shared state: sqlite:///path (default data/kiro_fast.db), redis://…, memory://",
         ),
     )
@@ -232,7 +271,7 @@ class Config:
         metadata=_meta("writeGuidance", (), "ask the model for short Write/Edit calls (§9.4)"),
     )
     hidden_prompt_tokens: int = field(
-        default=4_100,
+        default=UPSTREAM_HIDDEN_PROMPT_TOKENS,
         metadata=_meta("hiddenPromptTokens", (), "Kiro's own prompt, added to input estimates"),
     )
     # --- behaviour
@@ -283,6 +322,14 @@ class Config:
         default=30.0,
         metadata=_meta("queueTimeout", (), "longest wait for a free credential before a 429"),
     )
+    slot_lease: float = field(
+        default=90.0,
+        metadata=_meta(
+            "slotLease",
+            (),
+            "seconds a concurrency slot outlives a crashed holder (live streams renew theirs)",
+        ),
+    )
     max_failures: int = field(
         default=3,
         metadata=_meta("maxFailures", (), "consecutive auth failures that disable a credential"),
@@ -306,6 +353,14 @@ class Config:
     usage_cache_ttl: float = field(
         default=300.0,
         metadata=_meta("usageCacheTtl", (), "seconds a getUsageLimits answer is reused"),
+    )
+    min_usage_threshold: float = field(
+        default=0.0,
+        metadata=_meta(
+            "minUsageThreshold",
+            (),
+            "skip credentials whose remaining credits are below this (0: never)",
+        ),
     )
     extract_thinking: bool = field(
         default=True,
@@ -391,6 +446,11 @@ class Config:
     )
     shutdown_timeout: float = field(
         default=30.0, metadata=_meta("shutdownTimeout", (), "graceful shutdown deadline")
+    )
+    # --- metrics
+    metrics_public: bool = field(
+        default=False,
+        metadata=_meta("metricsPublic", (), "serve /metrics without the admin key"),
     )
     # --- logging
     log_level: str = field(
@@ -636,6 +696,10 @@ _SPECIAL: dict[str, Validator] = {
     "max_upstream_body_bytes": _non_negative_int,
     "hidden_prompt_tokens": _non_negative_int,
     "previous_responses_ttl": _positive,
+    "slot_lease": _positive,
+    "jwt_expiry_hours": _positive,
+    "min_usage_threshold": _non_negative,
+    "admin_username": _non_empty,
 }
 
 
@@ -767,6 +831,37 @@ def load_config(
     """Load ``path`` (if given) and apply environment and command-line overrides."""
     file_values = read_config_file(path) if path is not None else {}
     return build_config(file_values, environ=environ, overrides=overrides)
+
+
+def validate_value(key: str, value: Any) -> tuple[str, Any]:
+    """One JSON key (or alias) and its value, checked like the config file's.
+
+    Returns the field name and the validated value (``None`` stays ``None``: "unset").
+
+    Raises:
+        ConfigError: an unknown key or a bad value; the message names the key.
+    """
+    own = _ALIASES.get(key, key)
+    f = _FIELDS.get(own)
+    if f is None:
+        raise ConfigError(f"unknown config key {key!r}")
+    if value is None:
+        return f.name, None
+    return f.name, _validator_for(f.name, str(f.type))(key, value)
+
+
+def config_key(field_name: str) -> str:
+    """The JSON key of a :class:`Config` field."""
+    for f in fields(Config):
+        if f.name == field_name:
+            key: str = f.metadata["key"]
+            return key
+    raise KeyError(field_name)
+
+
+def is_secret(field_name: str) -> bool:
+    """Whether a field holds a secret (never shown in full)."""
+    return any(f.name == field_name and f.metadata["secret"] for f in fields(Config))
 
 
 def describe_fields() -> list[tuple[str, str, str, str]]:

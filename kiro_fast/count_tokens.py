@@ -21,13 +21,14 @@ from typing import Any, Final
 
 import orjson
 
+from . import metrics
 from .config import Config
 from .errors import KiroFastError
 from .upstream import UpstreamClient
 
 log = logging.getLogger("kiro_fast.count_tokens")
 
-COUNT_TOKENS: Counter[str] = Counter()
+COUNT_TOKENS: Counter[str] = metrics.CountedMap(metrics.COUNT_TOKENS)
 
 #: The external counter answers in milliseconds; a client waits on this call.
 FORWARD_TIMEOUT: Final = 10.0

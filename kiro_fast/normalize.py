@@ -32,13 +32,14 @@ from typing import Any, Final
 
 import orjson
 
+from . import metrics
 from .errors import ContextTooLong, InvalidRequest
 from .tokens import text_tokens
 
 logger = logging.getLogger("kiro_fast.normalize")
 
 #: Requests in which each rule fired (a request counts once per code).
-RULE_HITS: Counter[str] = Counter()
+RULE_HITS: Counter[str] = metrics.CountedMap(metrics.RULE_HITS)
 
 # --------------------------------------------------------------------------- reason codes
 # Turns (§4.6 rules 1, 2, 10; §5.3)

@@ -14,7 +14,8 @@ camelCase JSON body AWS SSO OIDC expects.
 
 A successful refresh updates the credential in memory (rotated refresh token kept,
 ``expiresAt`` from ``expiresIn``, ``profileArn`` when given); persisting it and the
-single-flight locking are the pool's job.
+single-flight locking are the pool's job. Each outcome (ok, transient, permanent) is
+counted in :mod:`kiro_fast.metrics`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Final
 
 import orjson
 
+from . import metrics
 from .credentials import Credential
 from .errors import TokenRefreshError, UpstreamError
 from .upstream import OIDC_SDK, UpstreamClient
@@ -57,6 +59,15 @@ async def refresh_credential(
     """
     if cred.is_api_key:
         return
+    try:
+        await _refresh(client, cred, clock)
+    except TokenRefreshError as exc:
+        metrics.refresh_outcome("permanent" if exc.permanent else "transient")
+        raise
+    metrics.refresh_outcome("ok")
+
+
+async def _refresh(client: UpstreamClient, cred: Credential, clock: Callable[[], float]) -> None:
     if not cred.refresh_token:
         raise TokenRefreshError(f"{cred.label()} has no refresh token", permanent=True)
     if cred.auth_method == "idc":

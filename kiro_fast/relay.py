@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 import orjson
 
+from . import metrics
 from .credentials import Credential
 from .errors import (
     CredentialsBusy,
@@ -109,11 +110,24 @@ def body_for(cred: Credential, body: bytes) -> bytes:
 class ClientStream:
     """The client side of a streaming answer: lazy start, pings, write bookkeeping."""
 
-    __slots__ = ("exchange", "content_sent", "_interval", "_last", "_timer", "_sink", "_loop")
+    __slots__ = (
+        "exchange",
+        "content_sent",
+        "opened",
+        "first_content",
+        "_interval",
+        "_last",
+        "_timer",
+        "_sink",
+        "_loop",
+    )
 
     def __init__(self, exchange: Exchange, ping_interval: float) -> None:
         self.exchange = exchange
         self.content_sent = False
+        #: monotonic times: the stream object made, the first content written (0: none yet)
+        self.opened = time.monotonic()
+        self.first_content = 0.0
         self._interval = ping_interval
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
@@ -143,8 +157,9 @@ class ClientStream:
             ex.start_stream(200, SSE_HEADERS)
         ex.write(data)
         self._last = self._loop.time()
-        if content:
+        if content and not self.content_sent:
             self.content_sent = True
+            self.first_content = time.monotonic()
 
     def close(self) -> None:
         if self._timer is not None:
@@ -163,6 +178,7 @@ class Relay:
         self.settings = settings
 
     async def run(self, exchange: Exchange, plan: Plan) -> None:
+        metrics.note_model(plan.model)
         stream = ClientStream(exchange, self.settings.ping_interval) if plan.streaming else None
         try:
             await self._attempts(exchange, plan, stream)
@@ -173,6 +189,7 @@ class Relay:
         finally:
             if stream is not None:
                 stream.close()
+                metrics.stream_done(stream.opened, stream.first_content, time.monotonic())
 
     def _fail(
         self, exchange: Exchange, plan: Plan, stream: ClientStream | None, exc: KiroFastError
@@ -180,6 +197,7 @@ class Relay:
         if exchange.disconnected or exchange.finished:
             return
         if exchange.started:
+            metrics.broken(exc.error_type)
             sink = plan.make_sink()
             sink.error(exc)
             if stream is not None:
@@ -209,6 +227,7 @@ class Relay:
                 async with lease:
                     cred, token = lease.cred, lease.cred.access_token
                     await self._attempt(exchange, plan, stream, cred)
+                metrics.attempt_ok()
                 return
             except CredentialsBusy:
                 raise  # the pool knows when a credential frees up: retry-after says so
@@ -220,8 +239,10 @@ class Relay:
             except (UpstreamError, TokenRefreshError) as exc:
                 last = exc
                 if stream is not None and stream.content_sent:
+                    metrics.attempt_failed(exc, "fail")
                     raise _AfterContent(exc) from exc
                 decision = policy.decide(exc, cred.id if cred else None)
+                metrics.attempt_failed(exc, decision.action)
                 log.warning(
                     "attempt %d failed on %s: %s -> %s",
                     policy.attempt,
@@ -273,6 +294,8 @@ class Relay:
             response.close()
             raise
         response.release()
+        if converter.truncated:
+            metrics.truncated()
         if plan.on_done is not None:
             plan.on_done(converter, cred)
         if stream is not None:
@@ -297,7 +320,10 @@ class Relay:
                 await self._fold(chunk, content, decoder, converter)
             else:
                 await self._relay(chunk, content, decoder, converter, sink, stream)
+        except UpstreamTimeout:
+            raise  # no first event: _first_chunk said so
         except TimeoutError as exc:
+            metrics.stall()
             raise UpstreamTimeout("upstream went silent mid-stream") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable("upstream stream broke off") from exc

@@ -40,12 +40,13 @@ from typing import Any, Final
 
 import orjson
 
+from . import metrics
 from .anthropic_sse import AnthropicMessageSink, AnthropicSSESink, BufferedSSESink
 from .stream import Usage
 
 log = logging.getLogger("kiro_fast.structured_output")
 
-STRUCTURED_OUTPUT: Counter[str] = Counter()
+STRUCTURED_OUTPUT: Counter[str] = metrics.CountedMap(metrics.STRUCTURED_OUTPUT)
 
 VALID: Final = "valid"
 UNFENCED: Final = "unfenced"

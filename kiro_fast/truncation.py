@@ -38,8 +38,10 @@ from typing import Any, Final
 
 import orjson
 
+from . import metrics
+
 #: Answers cut, cut tool calls never delivered, notes injected into a next turn.
-TRUNCATION: Counter[str] = Counter()
+TRUNCATION: Counter[str] = metrics.CountedMap(metrics.TRUNCATION_EVENTS)
 
 #: The text added to the current user message of the follow-up request.
 NOTE: Final = (

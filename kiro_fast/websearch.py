@@ -44,6 +44,7 @@ from typing import Any, Final
 
 import orjson
 
+from . import metrics
 from .credentials import Credential
 from .errors import (
     InvalidRequest,
@@ -60,7 +61,7 @@ from .upstream_errors import classify
 
 log = logging.getLogger("kiro_fast.websearch")
 
-WEB_SEARCH: Counter[str] = Counter()
+WEB_SEARCH: Counter[str] = metrics.CountedMap(metrics.WEB_SEARCH)
 
 #: Claude Code's wording around the query (kiro.rs strips it the same way).
 QUERY_PREFIX: Final = "Perform a web search for the query: "
