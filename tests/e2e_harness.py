@@ -56,6 +56,7 @@ class Harness:
         self.fake: FakeUpstream
         self.runtime: Runtime
         self.config: Config
+        self._clients: list[Any] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -80,6 +81,8 @@ class Harness:
         await self.runtime.start()
 
     def stop(self) -> None:
+        for sdk in self._clients:
+            sdk.close()
         try:
             self.call(self._stop(), timeout=30)
         finally:
@@ -106,6 +109,24 @@ class Harness:
     @property
     def api_key(self) -> str:
         return API_KEY
+
+    def anthropic(self, **options: Any) -> Any:
+        """An official ``anthropic`` client for this proxy, closed when the harness stops."""
+        import anthropic
+
+        settings: dict[str, Any] = {"api_key": API_KEY, "max_retries": 0, "timeout": 20}
+        sdk = anthropic.Anthropic(base_url=self.url, **{**settings, **options})
+        self._clients.append(sdk)
+        return sdk
+
+    def openai(self, **options: Any) -> Any:
+        """An official ``openai`` client for this proxy, closed when the harness stops."""
+        import openai
+
+        settings: dict[str, Any] = {"api_key": API_KEY, "max_retries": 0, "timeout": 20}
+        sdk = openai.OpenAI(base_url=self.url + "/v1", **{**settings, **options})
+        self._clients.append(sdk)
+        return sdk
 
     def call(self, work: Any, timeout: float = 20.0) -> Any:
         """Run a coroutine, or a plain callable, on the harness loop and return its result."""

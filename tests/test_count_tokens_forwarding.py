@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import anthropic
 import pytest
-from e2e_harness import API_KEY, Harness
+from e2e_harness import Harness
 
 from kiro_fast.count_tokens import COUNT_TOKENS
 
@@ -87,7 +86,7 @@ def test_forwarded_with_the_configured_key(
     counter.status, counter.body = 200, b'{"input_tokens": 12345}'
     before = COUNT_TOKENS["forwarded"]
     with harness_for(counter, auth_type) as harness:
-        client = anthropic.Anthropic(base_url=harness.url, api_key=API_KEY, max_retries=0)
+        client = harness.anthropic()
         counted = client.messages.count_tokens(**REQUEST)
     assert counted.input_tokens == 12345
     headers, payload = counter.requests[-1]
@@ -106,7 +105,7 @@ def test_any_failure_falls_back_to_the_local_estimate(
     counter.status, counter.body = status, body
     before = COUNT_TOKENS["fallback"]
     with harness_for(counter, "x-api-key") as harness:
-        client = anthropic.Anthropic(base_url=harness.url, api_key=API_KEY, max_retries=0)
+        client = harness.anthropic()
         counted = client.messages.count_tokens(**REQUEST)
     # local: "Be brief." 2 words + "." , the system ack (5 words + "."), "hello world";
     # 9 word runs x 1.04 + 2 punctuation runs x 1.03 = 11.42 -> 11; 3 messages x 3; 4,134
@@ -117,5 +116,5 @@ def test_any_failure_falls_back_to_the_local_estimate(
 def test_unreachable_counter_falls_back(counter: Counter) -> None:
     config = {"countTokensApiUrl": "http://127.0.0.1:9/count_tokens"}
     with Harness(config=config) as harness:
-        client = anthropic.Anthropic(base_url=harness.url, api_key=API_KEY, max_retries=0)
+        client = harness.anthropic()
         assert client.messages.count_tokens(**REQUEST).input_tokens == 11 + 9 + 4_134

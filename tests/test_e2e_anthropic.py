@@ -33,8 +33,11 @@ def harness() -> Iterator[Harness]:
 
 
 @pytest.fixture
-def client(harness: Harness) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=harness.url, api_key=API_KEY, max_retries=0, timeout=20)
+def client(harness: Harness) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(
+        base_url=harness.url, api_key=API_KEY, max_retries=0, timeout=20
+    ) as sdk:
+        yield sdk
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -202,20 +205,22 @@ def test_models_list(client: anthropic.Anthropic) -> None:
 
 
 def test_bad_key_is_an_authentication_error(harness: Harness) -> None:
-    bad = anthropic.Anthropic(base_url=harness.url, api_key="wrong", max_retries=0)
-    with pytest.raises(anthropic.AuthenticationError) as info:
+    with (
+        anthropic.Anthropic(base_url=harness.url, api_key="wrong", max_retries=0) as bad,
+        pytest.raises(anthropic.AuthenticationError) as info,
+    ):
         bad.messages.create(model=MODEL, max_tokens=16, messages=user("hi"))
     assert info.value.status_code == 401
     assert info.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
 
 
 def test_bearer_authorization_is_accepted(harness: Harness) -> None:
-    bearer = anthropic.Anthropic(
+    with anthropic.Anthropic(
         base_url=harness.url, auth_token=API_KEY, api_key=None, max_retries=0
-    )
-    message = bearer.messages.create(
-        model=MODEL, max_tokens=16, messages=user(directive({"text": "ok"}))
-    )
+    ) as bearer:
+        message = bearer.messages.create(
+            model=MODEL, max_tokens=16, messages=user(directive({"text": "ok"}))
+        )
     assert message.content[0].text == "ok"  # type: ignore[union-attr]
 
 

@@ -44,7 +44,7 @@ def pinging() -> Iterator[Harness]:
 
 @pytest.fixture
 def client(harness: Harness) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=harness.url, api_key=API_KEY, max_retries=0, timeout=20)
+    return harness.anthropic()  # type: ignore[no-any-return]
 
 
 def user(text: str) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ def harness() -> Iterator[Harness]:
 
 @pytest.fixture
 def client(harness: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=harness.url + "/v1", api_key=API_KEY, max_retries=0, timeout=20)
+    return harness.openai()  # type: ignore[no-any-return]
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -395,7 +395,7 @@ def test_store_false_is_not_kept(client: openai.OpenAI) -> None:
 
 
 def test_bad_key_is_an_authentication_error(harness: Harness) -> None:
-    bad = openai.OpenAI(base_url=harness.url + "/v1", api_key="wrong", max_retries=0)
+    bad = harness.openai(api_key="wrong")
     with pytest.raises(openai.AuthenticationError) as info:
         bad.chat.completions.create(model=MODEL, messages=user("hi"))  # type: ignore[arg-type]
     assert info.value.status_code == 401
@@ -547,9 +547,7 @@ def test_responses_truncation_is_incomplete(client: openai.OpenAI) -> None:
 def test_thinking_format_and_alias_model_are_configurable() -> None:
     config = {"openaiThinkingFormat": "think", "openaiAliasModel": "claude-opus-4.6"}
     with Harness(config=config, setup=install_openai) as configured:
-        client = openai.OpenAI(
-            base_url=configured.url + "/v1", api_key=API_KEY, max_retries=0, timeout=20
-        )
+        client = configured.openai()
         completion = client.chat.completions.create(
             model="gpt-4-turbo",
             reasoning_effort="medium",

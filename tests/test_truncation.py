@@ -7,7 +7,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from e2e_harness import API_KEY, Harness, directive
+from e2e_harness import Harness, directive
 
 from kiro_fast.testing import Scenario
 from kiro_fast.truncation import NOTE, TRUNCATION, TruncationMemory, message_digest
@@ -109,12 +109,8 @@ def harness() -> Iterator[Harness]:
 
 @pytest.fixture
 def client(harness: Harness) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
-        base_url=harness.url,
-        api_key=API_KEY,
-        max_retries=0,
-        timeout=20,
-        default_headers={"x-claude-code-session-id": SESSION},
+    return harness.anthropic(  # type: ignore[no-any-return]
+        default_headers={"x-claude-code-session-id": SESSION}
     )
 
 
@@ -221,10 +217,7 @@ def test_complete_answers_leave_no_note(harness: Harness, client: anthropic.Anth
 
 def test_the_note_can_be_switched_off() -> None:
     with Harness(config={"truncationNote": False}) as off:
-        client = anthropic.Anthropic(
-            base_url=off.url,
-            api_key=API_KEY,
-            max_retries=0,
+        client = off.anthropic(
             default_headers={"x-claude-code-session-id": "1b9a8c7d-6e5f-4a3b-9c1d-2e3f4a5b6c7d"},
         )
         off.call(lambda: off.fake.enqueue(Scenario(text="cut short", truncate=True)))

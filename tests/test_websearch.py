@@ -7,7 +7,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from e2e_harness import API_KEY, Harness
+from e2e_harness import Harness
 
 from kiro_fast.errors import InvalidRequest
 from kiro_fast.testing import McpError, Scenario
@@ -31,7 +31,7 @@ def harness() -> Iterator[Harness]:
 
 @pytest.fixture
 def client(harness: Harness) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=harness.url, api_key=API_KEY, max_retries=0, timeout=20)
+    return harness.anthropic()  # type: ignore[no-any-return]
 
 
 def mcp_requests(harness: Harness) -> list[Any]:
@@ -155,7 +155,7 @@ def test_web_search_among_other_tools_goes_to_chat(
 
 def test_switched_off_the_tool_is_dropped_and_chat_answers() -> None:
     with Harness(config={"webSearch": False}) as off:
-        client = anthropic.Anthropic(base_url=off.url, api_key=API_KEY, max_retries=0)
+        client = off.anthropic()
         message = client.messages.create(
             model=MODEL,
             max_tokens=64,
