@@ -467,6 +467,14 @@ class Config:
         default=None,
         metadata=_meta("logFile", ("KIRO_FAST_LOG_FILE", "LOG_FILE"), "also log to this file"),
     )
+    log_request_bodies: bool = field(
+        default=False,
+        metadata=_meta(
+            "logRequestBodies",
+            ("KIRO_FAST_LOG_REQUEST_BODIES",),
+            "log client request bodies at debug level, secrets masked and cut (debugging only)",
+        ),
+    )
     # --- kiro.rs keys accepted for compatibility
     tls_backend: str = field(
         default="rustls",

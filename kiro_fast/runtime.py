@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import signal
 import socket
@@ -158,6 +159,9 @@ class Runtime:
             self.config.host, self.config.port, sock=sock, reuse_port=reuse_port
         )
         log.info("listening on http://%s:%d", self.config.host, self.port)
+        warning = public_bind_warning(self.config)
+        if warning is not None:
+            log.warning("%s", warning)
         if self.on_listening is not None:
             self.on_listening(self)
 
@@ -200,6 +204,27 @@ class Runtime:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def public_bind_warning(config: Config) -> str | None:
+    """The start-up warning for listening beyond this host without an admin key."""
+    if config.admin_api_key or is_loopback(config.host):
+        return None
+    return (
+        f"SECURITY: listening on {config.host or 'every interface'}, reachable from other "
+        "hosts, without an adminApiKey; set adminApiKey (and a strong apiKey), or listen on "
+        "127.0.0.1 behind a reverse proxy"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts local connections."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere, or "" (every interface)
 
 
 def credential_sources(config: Config, credentials_path: str) -> list[CredentialSource]:

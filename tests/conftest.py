@@ -20,6 +20,8 @@ from typing import Any
 import hypothesis
 import pytest
 
+pytest_plugins = ["secret_scan"]
+
 _MODULES = {"c": "kiro_fast._eventstream", "py": "kiro_fast._eventstream_py"}
 
 
