@@ -68,9 +68,19 @@ def worker_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kiro-fast", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="kiro-fast",
+        description="A fast Anthropic / OpenAI compatible proxy for Kiro accounts. "
+        "With no config and no credentials it runs the demo against a built-in fake upstream.",
+    )
     parser.add_argument("--version", action="version", version=f"kiro-fast {__version__}")
-    parser.add_argument("command", nargs="?", choices=("serve", "demo"), default=None)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("serve", "demo"),
+        default=None,
+        help="serve (the default when a config or credentials exist) or demo",
+    )
     parser.add_argument(
         "-c", "--config", help=f"config file (default ./{DEFAULT_CONFIG} if present)"
     )

@@ -885,3 +885,12 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
 def render_base(template: str, region: str) -> str:
     """Fill ``{region}`` in a base URL and drop a trailing slash."""
     return template.replace("{region}", region).rstrip("/")
+
+
+def markdown_table() -> str:
+    """The configuration reference as a Markdown table (docs/configuration.md embeds it)."""
+    lines = ["| key | environment | default | meaning |", "|---|---|---|---|"]
+    for key, env, default, doc in describe_fields():
+        cells = (f"`{key}`", env.replace(", ", "<br>") or "", f"`{default}`", doc)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
