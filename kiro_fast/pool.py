@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from . import metrics
 from .config import Config
@@ -63,6 +63,9 @@ from .sources import CredentialSource
 from .state import StateStore
 from .upstream import UpstreamClient
 from .usage_limits import UsageCache, UsageInfo, fetch_usage, first_of_next_month
+
+if TYPE_CHECKING:
+    from .failover import Decision
 
 log = logging.getLogger("kiro_fast.pool")
 
@@ -781,6 +784,24 @@ class CredentialPool:
 
         await self._commit(cred, change)
         self.credentials.sort(key=lambda c: (c.priority, c.id))
+
+    async def apply(self, decision: Decision, cred: Credential, token: str | None) -> bool:
+        """Carry out a failover decision's verdict on ``cred``; True when the next attempt
+        must avoid it (``token`` is the bearer the failed attempt used)."""
+        if decision.penalty == "quota":
+            await self.quota_exhausted(cred)
+        elif decision.penalty == "cooldown":
+            await self.cool_down(cred, decision.cooldown, decision.reason)
+        elif decision.penalty == "failure":
+            await self.record_failure(cred)
+        if decision.action == "retry_other":
+            return True
+        if decision.action == "refresh_and_retry":
+            try:
+                await self.ensure_fresh(cred, stale_token=token)
+            except TokenRefreshError:
+                return True
+        return False
 
     async def cool_down(self, cred: Credential, seconds: float, reason: str) -> None:
         """Keep ``cred`` out of selection for ``seconds`` (every process sharing the store)."""

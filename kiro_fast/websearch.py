@@ -52,7 +52,7 @@ from .errors import (
     TokenRefreshError,
     UpstreamError,
 )
-from .failover import Decision, FailoverPolicy, FailoverSettings
+from .failover import FailoverPolicy, FailoverSettings
 from .pool import CredentialPool
 from .protocol import Exchange
 from .relay import JSON_HEADERS, SSE_HEADERS
@@ -243,7 +243,8 @@ class WebSearch:
                 if cred is None:
                     raise
                 decision = policy.decide(exc, cred.id)
-                await self._carry_out(decision, cred, token, excluded)
+                if await self.pool.apply(decision, cred, token):
+                    excluded.add(cred.id)
                 if decision.action == "fail":
                     raise
                 prefer = cred.id if decision.action != "retry_other" else None
@@ -265,25 +266,6 @@ class WebSearch:
             return parse_results(raw)
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"unreadable MCP answer: {exc}") from None
-
-    async def _carry_out(
-        self, decision: Decision, cred: Credential, token: str | None, excluded: set[int]
-    ) -> None:
-        """The credential's fate and where the next attempt goes, as for chat."""
-        pool = self.pool
-        if decision.penalty == "quota":
-            await pool.quota_exhausted(cred)
-        elif decision.penalty == "cooldown":
-            await pool.cool_down(cred, decision.cooldown, decision.reason)
-        elif decision.penalty == "failure":
-            await pool.record_failure(cred)
-        if decision.action == "retry_other":
-            excluded.add(cred.id)
-        elif decision.action == "refresh_and_retry":
-            try:
-                await pool.ensure_fresh(cred, stale_token=token)
-            except TokenRefreshError:
-                excluded.add(cred.id)
 
 
 # --------------------------------------------------------------------------- the answer
