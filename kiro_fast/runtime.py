@@ -77,7 +77,6 @@ class Runtime:
         self,
         config: Config,
         credentials: Sequence[Credential] = (),
-        store: CredentialSource | StateStore | None = None,
         *,
         sources: Sequence[CredentialSource] = (),
         state: StateStore | None = None,
@@ -85,14 +84,9 @@ class Runtime:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``credentials`` are served as given (store-native); ``sources`` are files imported
-        at start and written back on every change. ``store`` (positional, for callers of
-        the first version) is a source or the state store. Without a state store, the
+        at start and written back on every change. Without a state store, the
         runtime opens ``config.state_url`` if set, else a private in-memory store. It closes
         the store at stop when it opened it, or when ``owns_state`` says so."""
-        if isinstance(store, StateStore):
-            state = state or store
-        elif store is not None:
-            sources = [store, *sources]
         self.config = config
         self.client = UpstreamClient(config)
         self._own_state = state is None if owns_state is None else owns_state

@@ -43,13 +43,15 @@ class Harness:
         config: dict[str, Any] | None = None,
         credentials: Callable[[FakeUpstream], Sequence[Credential]] | None = None,
         fake_settings: FakeSettings | None = None,
-        store: Any = None,
+        sources: Sequence[Any] = (),
+        state: Any = None,
         setup: Callable[[Runtime], None] | None = None,
     ) -> None:
         self._config_values = {**FAST_TIMEOUTS, "apiKey": API_KEY, "port": 0, **(config or {})}
         self._credentials = credentials or default_credentials
         self._fake_settings = fake_settings or FakeSettings(seed=7)
-        self._store = store
+        self._sources = list(sources)
+        self._state = state
         self._setup = setup
         self.loop = new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -75,7 +77,12 @@ class Harness:
             "oidcBase": self.fake.url,
         }
         self.config = build_config(values, environ={})
-        self.runtime = Runtime(self.config, list(self._credentials(self.fake)), self._store)
+        self.runtime = Runtime(
+            self.config,
+            list(self._credentials(self.fake)),
+            sources=self._sources,
+            state=self._state,
+        )
         if self._setup is not None:
             self._setup(self.runtime)
         await self.runtime.start()

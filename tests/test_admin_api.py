@@ -541,7 +541,7 @@ def test_added_and_deleted_credentials_follow_the_kiro_rs_file(tmp_path: Path) -
         fake.accounts.add_social(token)
         return []
 
-    with Harness(config=ADMIN_CONFIG, credentials=accounts, store=KiroRsFile(path)) as harness:
+    with Harness(config=ADMIN_CONFIG, credentials=accounts, sources=[KiroRsFile(path)]) as harness:
         admin = Admin(Http(harness.url), ADMIN_KEY)
         added = admin.ok("POST", "/credentials", {"refreshToken": token, "priority": 3})
         entries = json.loads(path.read_text())
