@@ -143,8 +143,10 @@ class AnthropicSSESink:
         self._out: list[bytes] = []
         #: where content events go (BufferedSSESink points it at its held list)
         self._append = self._out.append
-        self._id = _dumps(message_id)
-        self._model = _dumps(model)
+        # Kept as str, dumped in message_start: a kept orjson.dumps() result holds a buffer
+        # of at least 4 KiB, which would be most of an idle stream's memory.
+        self._id = message_id
+        self._model = model
         self._input_estimate = input_estimate
         self._thinking_start = (
             _BLOCK_START_THINKING_SIGNED if send_signature else _BLOCK_START_THINKING
@@ -162,7 +164,7 @@ class AnthropicSSESink:
 
     def _message_start(self, usage: Usage) -> bytes:
         fields = _usage_fields(usage.input_tokens, START_OUTPUT_TOKENS, usage)
-        return _MESSAGE_START % (self._id, self._model, fields)
+        return _MESSAGE_START % (_dumps(self._id), _dumps(self._model), fields)
 
     # ------------------------------------------------------------------ StreamSink
 

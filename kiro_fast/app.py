@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import hmac
 import logging
+import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import orjson
 
@@ -54,6 +55,7 @@ from .errors import (
     NotFound,
 )
 from .eventstream import IMPLEMENTATION
+from .logs import redact
 from .pool import CredentialPool
 from .protocol import Exchange, Request
 from .relay import JSON_HEADERS, Plan, Relay, session_key
@@ -84,6 +86,9 @@ def path_param(name: str) -> str:
 
 #: Paths whose errors use OpenAI's shape instead of Anthropic's.
 OPENAI_PREFIXES: Final = ("/v1/chat/", "/v1/responses", "/v1/completions")
+#: Longest part of a request body ``logRequestBodies`` logs: enough to see a request's
+#: shape, never a whole conversation with its images.
+LOGGED_BODY_MAX: Final = 4096
 #: Paths whose errors use kiro.rs's admin shape.
 ADMIN_PREFIX: Final = "/api/admin/"
 #: kiro.rs admin error types for the Anthropic ones (kiro-auth.md §10.1).
@@ -121,6 +126,18 @@ def error_body(path: str, status: int, error_type: str, message: str) -> bytes:
     return anthropic_error_body(status, error_type, message)
 
 
+def log_body(request: Request) -> None:
+    """``logRequestBodies``: a client request's body at debug level, secrets masked, cut
+    to ``LOGGED_BODY_MAX``. Admin routes (passwords, imported tokens) are never logged."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    body = request.body
+    # Masked before it is cut, so a cut never leaves an unmasked piece of a token.
+    text = redact(body[: 2 * LOGGED_BODY_MAX].decode("utf-8", "replace"))[:LOGGED_BODY_MAX]
+    cut = f", first {LOGGED_BODY_MAX} characters" if len(body) > LOGGED_BODY_MAX else ""
+    log.debug("request body (%d bytes%s): %s", len(body), cut, text)
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
@@ -131,6 +148,30 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     return data
+
+
+class _Answered(Sequence[Any]):
+    """A request's messages as :func:`truncation.record` reads them once the answer is
+    done: their number and the last one (what a cut answer is remembered by). The
+    conversation itself need not live as long as the stream."""
+
+    __slots__ = ("_count", "_last")
+
+    def __init__(self, messages: Sequence[Any]) -> None:
+        self._count = len(messages)
+        self._last = messages[-1] if messages else None
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, int) and self._count and index in (-1, self._count - 1):
+            return self._last
+        raise IndexError("only the last message is kept")
 
 
 @dataclass(slots=True)
@@ -204,6 +245,8 @@ class App:
             handler, auth = self._resolve(request)
             if auth:
                 await self._authenticate(request)
+                if self.state.config.log_request_bodies and request.body:
+                    log_body(request)
             await handler(request, exchange)
         except KiroFastError as exc:
             self._send_error(request, exchange, exc)
@@ -326,10 +369,9 @@ class App:
     # ------------------------------------------------------------------ messages
 
     def _messages_handler(self, buffered: bool) -> Handler:
-        async def handler(request: Request, exchange: Exchange) -> None:
-            await self.messages(request, exchange, buffered=buffered)
-
-        return handler
+        # A partial, not a wrapper coroutine: one frame less per request, for the
+        # length of the stream.
+        return functools.partial(self.messages, buffered=buffered)
 
     async def messages(self, request: Request, exchange: Exchange, *, buffered: bool) -> None:
         payload = parse_json_object(request.body)
@@ -360,11 +402,14 @@ class App:
         if notes:
             truncation.TRUNCATION["notes"] += 1
         streaming = payload.get("stream") is True
-        message_id = "msg_" + uuid.uuid4().hex
+        message_id = "msg_" + os.urandom(16).hex()
         model = converted.client_model
         estimate = converted.input_tokens
         schema = structured_output.requested_schema(payload)
         request_id = request.request_id
+        thinking, tool_names = converted.thinking, converted.tool_names
+        context_window, client_session = converted.context_window, converted.client_session
+        answered = _Answered(history)
 
         def make_sink() -> Any:
             if schema is not None:
@@ -387,9 +432,9 @@ class App:
         def make_converter(sink: Any) -> StreamConverter:
             return StreamConverter(
                 sink,
-                thinking=converted.thinking,
-                tool_names=converted.tool_names,
-                context_window=converted.context_window,
+                thinking=thinking,
+                tool_names=tool_names,
+                context_window=context_window,
                 input_tokens=estimate,
             )
 
@@ -399,8 +444,8 @@ class App:
         def on_done(converter: StreamConverter, cred: Any) -> None:
             truncation.record(
                 truncation.MEMORY,
-                converted.client_session,
-                history,
+                client_session,
+                answered,
                 truncated=converter.truncated,
                 dropped_tool_calls=converter.dropped_tool_calls,
             )
@@ -415,4 +460,8 @@ class App:
             session=session_key(payload),
             model=converted.kiro_model,
         )
+        # Only what the answer needs lives as long as the stream: the request body, its
+        # parsed dict and the converted request are each as large as the conversation.
+        request.release_body()
+        del payload, history, converted
         await self.state.relay.run(exchange, plan)

@@ -559,7 +559,9 @@ def encode_body(body: dict[str, Any], limits: Limits, fixes: Fixes, *, tokens: i
     if len(encoded) > limit:
         fixes.hit(REJECTED_OVERSIZED_BODY, f"{len(encoded)} bytes")
         raise prompt_too_long(tokens, len(encoded), limit, "upstream request bytes")
-    return encoded
+    # orjson hands over its whole output buffer (4 KiB at least, several times the JSON for
+    # a few KiB); the body lives until the answer's first content, so keep an exact copy.
+    return bytes(memoryview(encoded))
 
 
 # --------------------------------------------------------------------------- tools

@@ -21,8 +21,8 @@ Must not know Kiro's event stream or the Anthropic output shapes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -82,25 +82,31 @@ class OpenAIEndpoints:
         except KiroFastError as exc:
             _send_error(exchange, exc)
             return
-        completion_id = "chatcmpl-" + uuid.uuid4().hex
+        completion_id = "chatcmpl-" + os.urandom(16).hex()
         created = int(time.time())
         model = converted.client_model
         thinking_format = self.thinking_format
+        streaming, include_usage = chat.stream, chat.include_usage
 
         def make_sink() -> Any:
-            if chat.stream:
+            if streaming:
                 return ChatCompletionSSESink(
                     model,
                     completion_id,
                     created=created,
                     thinking_format=thinking_format,
-                    include_usage=chat.include_usage,
+                    include_usage=include_usage,
                 )
             return ChatCompletionSink(
                 model, completion_id, created=created, thinking_format=thinking_format
             )
 
-        await self._run(exchange, converted, make_sink, chat.stream, session_key(chat.anthropic))
+        plan = self._plan(converted, make_sink, streaming, session_key(chat.anthropic))
+        # The body, its parsed dicts and the converted request (each as large as the
+        # conversation) need not live as long as the stream.
+        request.release_body()
+        del payload, chat, converted
+        await self.state.relay.run(exchange, plan)
 
     # ------------------------------------------------------------------ responses
 
@@ -115,7 +121,7 @@ class OpenAIEndpoints:
         except KiroFastError as exc:
             _send_error(exchange, exc)
             return
-        response_id = "resp_" + uuid.uuid4().hex
+        response_id = "resp_" + os.urandom(16).hex()
         envelope = ResponseEnvelope(
             response_id, int(time.time()), converted.client_model, rewritten.echo
         )
@@ -125,9 +131,10 @@ class OpenAIEndpoints:
                 response_id, rewritten.anthropic["messages"], converted.conversation_id
             )
         sinks: list[ResponsesSSESink] = []
+        streaming = rewritten.stream
 
         def make_sink() -> Any:
-            if not rewritten.stream:
+            if not streaming:
                 return ResponsesSink(envelope, on_finish=on_finish)
             if sinks and sinks[-1].emitted:
                 return sinks[-1]  # the relay's error rendering continues this stream
@@ -135,9 +142,10 @@ class OpenAIEndpoints:
             sinks.append(sink)
             return sink
 
-        await self._run(
-            exchange, converted, make_sink, rewritten.stream, session_key(rewritten.anthropic)
-        )
+        plan = self._plan(converted, make_sink, streaming, session_key(rewritten.anthropic))
+        request.release_body()
+        del payload, rewritten, converted
+        await self.state.relay.run(exchange, plan)
 
     def _previous(self, response_id: Any) -> tuple[list[dict[str, Any]] | None, str]:
         """The stored conversation ``previous_response_id`` continues, and its session."""
@@ -173,24 +181,27 @@ class OpenAIEndpoints:
             anthropic, self.options, request_id=request.request_id, session_id=session_id
         )
 
-    async def _run(
-        self,
-        exchange: Exchange,
+    @staticmethod
+    def _plan(
         converted: convert.ConvertedRequest,
         make_sink: Callable[[], Any],
         streaming: bool,
         session: str | None,
-    ) -> None:
+    ) -> Plan:
+        """The relay's plan; it keeps of ``converted`` only what the answer needs."""
+        thinking, tool_names = converted.thinking, converted.tool_names
+        context_window, input_tokens = converted.context_window, converted.input_tokens
+
         def make_converter(sink: Any) -> StreamConverter:
             return StreamConverter(
                 sink,
-                thinking=converted.thinking,
-                tool_names=converted.tool_names,
-                context_window=converted.context_window,
-                input_tokens=converted.input_tokens,
+                thinking=thinking,
+                tool_names=tool_names,
+                context_window=context_window,
+                input_tokens=input_tokens,
             )
 
-        plan = Plan(
+        return Plan(
             body=converted.body_json,
             make_sink=make_sink,
             make_converter=make_converter,
@@ -199,7 +210,6 @@ class OpenAIEndpoints:
             session=converted.client_session or session,
             model=converted.kiro_model,
         )
-        await self.state.relay.run(exchange, plan)
 
 
 def assistant_message(output: list[dict[str, Any]]) -> dict[str, Any] | None:

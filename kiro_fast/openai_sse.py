@@ -657,7 +657,8 @@ class ResponsesSSESink(ResponsesSink):
     def block_start(self, index: int, kind: str, tool_id: str | None, name: str | None) -> None:
         self._index = len(self.output)
         item = self._open_item(kind, tool_id, name)
-        self._item_json = _dumps(item["id"])
+        # An exact copy: a kept orjson.dumps() result holds a buffer of at least 4 KiB.
+        self._item_json = bytes(memoryview(_dumps(item["id"])))
         self._event("response.output_item.added", {"output_index": self._index, "item": item})
         where = {"item_id": item["id"], "output_index": self._index}
         if kind == BLOCK_TEXT:

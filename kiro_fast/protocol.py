@@ -19,7 +19,12 @@ Strategy:
 * h11 sees the request, the response *head* and ``EndOfMessage`` only. A streamed body is
   written straight to the transport as hand-framed chunks: h11's chunked writer keeps no
   state, so skipping ``h11.Data`` leaves its state machine valid for keep-alive, and it saves
-  a few microseconds per chunk (performance-notes §3.2, §3.5).
+  a few microseconds per chunk (performance-notes §3.2, §3.5). Of the head, h11 renders
+  only the status line and the framing headers; the other header lines are checked once
+  per distinct list and spliced in (h11 would validate each one on every response).
+* Few sends: the head leaves with the first chunk, the terminating chunk with the last
+  one, and the chunks written during one loop iteration leave together at the start of
+  the next (see :class:`Exchange`).
 * Pipelining: while a response is in progress h11 answers ``PAUSED`` to further bytes; we
   then stop reading the socket and resume after ``start_next_cycle()``. Reading is *not*
   paused otherwise, so a client that hangs up mid-response is noticed at once (EOF/RST
@@ -96,6 +101,10 @@ WRITE_BUFFER_HIGH: Final = 64 * 1024
 #: Below this a complete response is written as one buffer (one syscall); above it the
 #: body is handed over separately to avoid copying it.
 _JOIN_LIMIT: Final = 64 * 1024
+#: Streamed chunks are held for the loop's next iteration up to this many bytes (see
+#: Exchange): token events are a few hundred bytes; bulk writes leave at once, so a client
+#: that stopped reading makes a stream hold at most this much more.
+HOLD_LIMIT: Final = 8 * 1024
 
 #: Accepted form of an incoming X-Request-Id when ``trust_request_id`` is on: it ends up
 #: in logs and response headers, so nothing that could forge a log line or a header.
@@ -106,6 +115,15 @@ _CHUNK: Final = b"%x\r\n%b\r\n"
 _JSON: Final = (b"content-type", b"application/json")
 _CLOSE: Final = (b"connection", b"close")
 _NO_BODY_STATUSES: Final = frozenset((204, 304))
+#: Headers that decide framing or keep-alive: h11 must see them, so a list holding one is
+#: never spliced past it (see _header_lines).
+_FRAMING_HEADERS: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+#: Distinct header lists whose checked rendering is kept; answers use a handful of constant
+#: lists, so only one-off lists (error headers with a retry-after value) miss.
+_HEADER_CACHE_LIMIT: Final = 64
+_header_cache: dict[tuple[tuple[bytes, bytes], ...], bytes | None] = {}
+#: h11 Response events without headers (or with only connection: close), by status.
+_bare_responses: dict[tuple[int, bool], h11.Response] = {}
 
 # Connection phases; each but _BUSY has a time limit (see HttpProtocol._limit).
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
@@ -156,7 +174,8 @@ class ClientDisconnected(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One complete request as the application sees it. Immutable.
+    """One complete request as the application sees it. Immutable, except that
+    :meth:`release_body` empties the body.
 
     ``path`` is the raw (still percent-encoded) part of the target before ``?``;
     ``query`` the part after it. Header names are lower-case, values as sent.
@@ -171,6 +190,11 @@ class Request:
     request_id: str
     client: tuple[str, int] | None
 
+    def release_body(self) -> None:
+        """Forget the body once the application took what it needs from it: a streamed
+        answer outlives its request by minutes, and a request can be megabytes."""
+        object.__setattr__(self, "body", b"")
+
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), latin-1 decoded, or None."""
         key = name.lower().encode("latin-1")
@@ -181,13 +205,16 @@ class Request:
 
 
 class _HttpDate:
-    """The ``date`` header value, formatted at most once per second."""
+    """The ``date`` header value, formatted at most once per second; also the rendered
+    ``date`` and ``server`` lines every spliced response head starts with."""
 
-    __slots__ = ("_second", "_value")
+    __slots__ = ("_second", "_value", "_lines", "_lines_key")
 
     def __init__(self) -> None:
         self._second = -1
         self._value = b""
+        self._lines = b""
+        self._lines_key: tuple[int, bytes | None] = (-1, None)
 
     def __call__(self) -> bytes:
         now = int(time.time())
@@ -196,22 +223,77 @@ class _HttpDate:
             self._value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
         return self._value
 
+    def lines(self, server: bytes | None) -> bytes:
+        """``date: …\\r\\nserver: …\\r\\n`` (no server line for None)."""
+        value = self()
+        key = (self._second, server)
+        if key != self._lines_key:
+            date = b"date: %s\r\n" % value
+            if server is None:
+                self._lines = date
+            else:
+                extra = _header_lines([(b"server", server)])
+                if extra is None:
+                    raise h11.LocalProtocolError("the server header must be a plain value")
+                self._lines = date + extra
+            self._lines_key = key
+        return self._lines
+
 
 _http_date = _HttpDate()
+
+
+def _header_lines(headers: Headers) -> bytes | None:
+    """``name: value\\r\\n`` lines for ``headers``, checked by h11 once per distinct list.
+
+    h11 validates and normalises every header on every response it sends (~3 µs each);
+    letting it see only the framing headers and splicing these lines into its output
+    saves that. The check is h11's own (building an ``h11.Response`` validates the
+    headers; ``LocalProtocolError`` as before). ``None``: the list holds a framing or
+    connection header, so h11 must render all of it.
+    """
+    key: tuple[tuple[bytes, bytes], ...] | None = tuple(headers)
+    try:
+        if key in _header_cache:
+            return _header_cache[key]
+    except TypeError:  # an unhashable item (a list instead of a tuple): checked, not kept
+        key = None
+    checked = h11.Response(status_code=200, headers=headers).headers
+    lines: bytes | None = None
+    if not any(name in _FRAMING_HEADERS for name, _ in checked):
+        lines = b"".join(b"%s: %s\r\n" % item for item in checked.raw_items())
+    if key is not None and len(_header_cache) < _HEADER_CACHE_LIMIT:
+        _header_cache[key] = lines
+    return lines
 
 
 class ServerState:
     """The live connections and application tasks of one server.
 
-    ``wait_idle()`` returns once both sets are empty; graceful shutdown waits on it.
+    ``wait_idle()`` returns once both sets are empty; graceful shutdown waits on it. It
+    also gathers the streamed chunks written during one loop iteration (see
+    :meth:`Exchange.write`) and sends them at the start of the next one.
     """
 
-    __slots__ = ("connections", "tasks", "_waiters")
+    __slots__ = ("connections", "tasks", "_waiters", "_held")
 
     def __init__(self) -> None:
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
+        #: exchanges holding chunks written during this loop iteration
+        self._held: list[Exchange] = []
+
+    def hold(self, exchange: Exchange, loop: asyncio.AbstractEventLoop) -> None:
+        """``exchange`` holds a chunk: send it (and every other held one) from the loop."""
+        if not self._held:
+            loop.call_soon(self._send_held)
+        self._held.append(exchange)
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, []
+        for exchange in held:
+            exchange._send_held()
 
     @property
     def idle(self) -> bool:
@@ -255,6 +337,15 @@ class Exchange:
     keeps memory bounded when the client reads slowly. Once the client is gone, writes are
     ignored, ``drain()`` raises :class:`ClientDisconnected` and the application task is
     cancelled.
+
+    A small chunk given to ``write()`` leaves when the loop has run what is ready now (at
+    the start of its next iteration), in one send with whatever else this exchange wrote
+    meanwhile, or with ``end()``'s bytes if that comes first. With many streams, the
+    chunks that one burst of upstream reads produced then go out back to back: a client
+    (or a local nginx) is woken once for them instead of once per chunk, which costs the
+    sender a cross-CPU wake-up each time. The delay is one loop iteration; ``paused``
+    reflects held bytes once they were sent, and at most :data:`HOLD_LIMIT` bytes are held
+    (a bigger write leaves at once, with what was held).
     """
 
     __slots__ = (
@@ -269,6 +360,7 @@ class Exchange:
         "_writable",
         "_chunked",
         "_callbacks",
+        "_held",
     )
 
     def __init__(self, proto: HttpProtocol, request: Request) -> None:
@@ -284,6 +376,8 @@ class Exchange:
         self._writable = False
         self._chunked = False
         self._callbacks: list[Callable[[], object]] | None = None
+        #: framed chunks written but not sent yet (see the class docstring)
+        self._held: bytes | None = None
 
     @property
     def paused(self) -> bool:
@@ -295,11 +389,10 @@ class Exchange:
         if not self._begin(status):
             return
         conn = self._conn
-        out = self._proto._response_headers(self.request.request_id, headers)
+        framing: Headers = []
         if status not in _NO_BODY_STATUSES:
-            out.append((b"content-length", b"%d" % len(body)))
-        head = conn.send(h11.Response(status_code=status, headers=out, reason=_reason(status)))
-        assert head is not None
+            framing.append((b"content-length", b"%d" % len(body)))
+        head = self._head(status, headers, framing)
         if body and self._body_allowed(status):
             # Through h11 once, so its Content-Length accounting ends in DONE.
             conn.send_with_data_passthrough(h11.Data(data=body))
@@ -312,31 +405,57 @@ class Exchange:
             self._transport.writelines((head, body))
         self._complete()
 
-    def start_stream(self, status: int, headers: Headers) -> None:
-        """Send the head of a streamed response (``Transfer-Encoding: chunked``)."""
+    def start_stream(
+        self, status: int, headers: Headers, first: bytes = b"", *, end: bool = False
+    ) -> None:
+        """Send the head of a streamed response (``Transfer-Encoding: chunked``).
+
+        ``first``, when given, is the body's first chunk: it leaves in the same write as
+        the head. With ``end`` the body is complete: the terminating chunk goes in that
+        write too and the response is finished (one send instead of three).
+        """
         if not self._begin(status):
             return
-        out = self._proto._response_headers(self.request.request_id, headers)
-        head = self._conn.send(
-            h11.Response(status_code=status, headers=out, reason=_reason(status))
-        )
-        assert head is not None
-        self._transport.write(head)
-        self._writable = self._body_allowed(status)
+        head = self._head(status, headers, [])
+        self._writable = writable = self._body_allowed(status)
         # h11 frames an unknown-length body as chunked for peers of HTTP/1.1 and up
         # (h11 accepts any 1.x) and as close-delimited raw bytes for HTTP/1.0 ones;
         # write() must match, by h11's own comparison.
         version = self._conn.their_http_version
-        self._chunked = version is not None and version >= b"1.1"
+        self._chunked = chunked = version is not None and version >= b"1.1"
+        tail = b""
+        if end:
+            self._writable = False
+            tail = self._conn.send(h11.EndOfMessage()) or b""
+        if first and writable:
+            if chunked:
+                head = b"%b%x\r\n%b\r\n%b" % (head, len(first), first, tail)
+            else:
+                head = b"".join((head, first, tail))
+        elif tail:
+            head += tail
+        self._transport.write(head)
+        if end:
+            self._complete()
 
     def write(self, data: bytes) -> None:
-        """Send one chunk of a streamed body. Empty data does nothing."""
+        """Send one chunk of a streamed body (held until the loop's next iteration; see
+        the class docstring). Empty data does nothing."""
         if self._writable:
             if data:
-                if self._chunked:
-                    self._transport.write(_CHUNK % (len(data), data))
+                framed = _CHUNK % (len(data), data) if self._chunked else data
+                held = self._held
+                if held is not None:
+                    framed = held + framed
+                if len(framed) >= HOLD_LIMIT:
+                    self._held = None
+                    self._transport.write(framed)
+                elif held is None:
+                    self._held = framed
+                    proto = self._proto
+                    proto._state.hold(self, proto._loop)
                 else:
-                    self._transport.write(data)
+                    self._held = framed
         elif not self.started or (self.finished and not self.disconnected):
             raise RuntimeError("write() is only valid between start_stream() and end()")
 
@@ -348,14 +467,28 @@ class Exchange:
         if self.disconnected:
             raise ClientDisconnected("the client closed the connection")
 
-    def end(self) -> None:
-        """Finish a streamed response (terminating chunk); keep-alive decides what next."""
+    def end(self, last: bytes = b"") -> None:
+        """Finish a streamed response (terminating chunk); keep-alive decides what next.
+
+        ``last``, when given, is the body's last chunk: it leaves in the same write as the
+        terminating chunk.
+        """
         if self.finished or self.disconnected:
             return
         if not self.started:
             raise RuntimeError("end() before start_stream()")
+        if not (last and self._writable):
+            last = b""
         self._writable = False
-        tail = self._conn.send(h11.EndOfMessage())
+        tail = self._conn.send(h11.EndOfMessage()) or b""
+        if last:
+            if self._chunked:
+                tail = b"%x\r\n%b\r\n%b" % (len(last), last, tail)
+            else:
+                tail = last + tail
+        held, self._held = self._held, None
+        if held is not None:
+            tail = held + tail
         if tail:
             self._transport.write(tail)
         self._complete()
@@ -378,6 +511,52 @@ class Exchange:
         await waiter
 
     # ----------------------------------------------------------------- internals
+
+    def _head(self, status: int, headers: Headers, framing: Headers) -> bytes:
+        """The response head. h11 sees only ``framing`` (and ``connection: close``), which
+        drive its state machine; ``date``, ``server``, ``headers`` and ``x-request-id`` are
+        spliced into its output, checked once per distinct list (see _header_lines). The
+        lines come out in the order h11 gave them before."""
+        proto = self._proto
+        lines = _header_lines(headers)
+        if lines is None:  # framing headers in the list: h11 renders everything
+            out = proto._response_headers(self.request.request_id, headers)
+            out.extend(framing)
+            head = self._conn.send(
+                h11.Response(status_code=status, headers=out, reason=_reason(status))
+            )
+            assert head is not None
+            return head
+        first = _http_date.lines(proto._opts.server_header)
+        close = not proto._keep_alive
+        event: h11.Response | None
+        if framing:
+            event = h11.Response(
+                status_code=status,
+                headers=[*framing, _CLOSE] if close else framing,
+                reason=_reason(status),
+            )
+        else:  # a stream's head: the same few events every time (h11 never changes one)
+            event = _bare_responses.get((status, close))
+            if event is None:
+                event = _bare_responses[status, close] = h11.Response(
+                    status_code=status, headers=[_CLOSE] if close else [], reason=_reason(status)
+                )
+        head = self._conn.send(event)
+        assert head is not None
+        # The request id is generated hex or matched _SAFE_REQUEST_ID: nothing to check.
+        request_id = self.request.request_id.encode("ascii")
+        # After the status line, so h11's framing lines stay last, as they were.
+        cut = head.index(b"\r\n") + 2
+        return b"%b%b%bx-request-id: %b\r\n%b" % (head[:cut], first, lines, request_id, head[cut:])
+
+    def _send_held(self) -> None:
+        """Send the held chunks, unless the client left or the connection is closing."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if self._writable and not self._transport.is_closing():
+                self._transport.write(held)
 
     def _begin(self, status: int) -> bool:
         if self.started:
@@ -629,8 +808,11 @@ class HttpProtocol(asyncio.Protocol):
     def _on_head(self, head: h11.Request) -> bool:
         self._head = head
         # One copy, used for every check and handed to the Request: h11's Headers is a
-        # Sequence whose iteration goes through __getitem__.
-        headers = self._headers = list(head.headers)
+        # Sequence whose iteration goes through __getitem__. h11 lower-cases names with
+        # bytes.lower() (what iterating it would give), from the raw items.
+        headers = self._headers = [
+            (name.lower(), value) for name, value in head.headers.raw_items()
+        ]
         self._request_id = self._new_request_id(headers)
         self._phase = _BODY
         self._since = self._loop.time()
@@ -877,6 +1059,8 @@ class HttpProtocol(asyncio.Protocol):
         if not self._closed:
             self._closed = True
             self._cancel_timer()
+            if self._exchange is not None:
+                self._exchange._send_held()  # what was written goes before the close
             self._transport.close()
 
 

@@ -2,12 +2,15 @@
 
 What this module owns: the attempt loop (credential lease, upstream call, failover
 decisions carried out), the pump that turns each upstream read into one client write,
-lazy start of the client response, SSE pings during silences, and the ending (a clean
-finish, or an SSE ``error`` event once content was sent, or a JSON error before).
+lazy start of the client response, SSE pings during silences, a stream's upstream idle
+timeout, and the ending (a clean finish, or an SSE ``error`` event once content was sent,
+or a JSON error before).
 
 The hot loop (``_pump``) does per upstream read: ``decoder.feed`` → ``converter.feed``
 → ``sink.take`` → one ``exchange.write``; it awaits only the next read and, when the
-transport paused writing, ``exchange.drain()``. Nothing is awaited per event.
+transport paused writing, ``exchange.drain()``. Nothing is awaited or scheduled per event:
+pings and the idle timeout share one timer per stream. The head goes out with the first
+bytes and the terminating chunk with the last (one write each).
 
 Formats are the sinks' business (Anthropic SSE, Anthropic JSON, OpenAI …); this module
 only moves bytes and decides when.
@@ -56,6 +59,10 @@ SSE_HEADERS: Final = [
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 #: Longest session key kept for stickiness (Claude Code's ids are ~100 characters).
 SESSION_KEY_MAX: Final = 256
+#: Shortest re-arm of a stream's timer, so a ping missed by a hair is no busy loop.
+MIN_TICK: Final = 0.05
+#: How early a timer may fire (uvloop's timers have millisecond resolution).
+TIMER_SLACK: Final = 0.001
 
 
 class Sink(Protocol):
@@ -108,58 +115,134 @@ def body_for(cred: Credential, body: bytes) -> bytes:
 
 
 class ClientStream:
-    """The client side of a streaming answer: lazy start, pings, write bookkeeping."""
+    """The client side of a streaming answer: lazy start, pings, write bookkeeping, and
+    the upstream idle timeout while an attempt streams (see :meth:`watch`).
+
+    One timer per stream serves both: it fires when a ping or the idle deadline is due
+    and re-arms itself, so nothing is scheduled per write or per upstream read.
+    """
 
     __slots__ = (
         "exchange",
         "content_sent",
         "opened",
         "first_content",
+        "read_at",
+        "clock",
         "_interval",
         "_last",
         "_timer",
+        "_timer_at",
         "_sink",
         "_loop",
+        "_plan",
+        "_content",
+        "_idle_limit",
     )
 
-    def __init__(self, exchange: Exchange, ping_interval: float) -> None:
+    def __init__(self, exchange: Exchange, ping_interval: float, plan: Plan | None = None) -> None:
         self.exchange = exchange
         self.content_sent = False
         #: monotonic times: the stream object made, the first content written (0: none yet)
         self.opened = time.monotonic()
         self.first_content = 0.0
         self._interval = ping_interval
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(ping_interval, self._tick)
+        self._loop = loop = asyncio.get_running_loop()
+        #: the loop's clock; the relay stamps :attr:`read_at` with it on every upstream read
+        self.clock = loop.time
+        self._last = loop.time()
+        #: loop time of the last upstream read (or of the end of a wait for the client)
+        self.read_at = self._last
         self._sink: Any = None
+        #: its upstream body is dropped once content reached the client: no retry needs it
+        self._plan = plan
+        self._content: aiohttp.StreamReader | None = None
+        self._idle_limit = 0.0
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
+        self._arm(self._last + ping_interval)
 
     def attach(self, sink: Any) -> None:
         self._sink = sink
 
+    def watch(self, content: aiohttp.StreamReader, idle_limit: float) -> None:
+        """Fail ``content``'s reads with ``TimeoutError`` after ``idle_limit`` s without an
+        upstream read, until :meth:`unwatch`.
+
+        This is the ``streamIdleTimeout`` aiohttp's ``sock_read`` would enforce, minus
+        its timer re-armed on every read: the relay stamps :attr:`read_at` per read and
+        this stream's one timer checks it when due. A wait for a slow client (drain)
+        does not count as upstream silence.
+        """
+        self._content = content
+        self._idle_limit = idle_limit
+        now = self.read_at = self.clock()
+        deadline = now + idle_limit
+        if self._timer is not None and deadline < self._timer_at:
+            self._timer.cancel()
+            self._arm(deadline)
+
+    def unwatch(self) -> None:
+        self._content = None
+
+    def _arm(self, when: float) -> None:
+        self._timer = self._loop.call_at(when, self._tick)
+        self._timer_at = when
+
     def _tick(self) -> None:
+        self._timer = None
         ex = self.exchange
         if ex.disconnected or ex.finished:
-            self._timer = None
             return
-        idle = self._loop.time() - self._last
-        if idle >= self._interval * 0.98 and self._sink is not None and not ex.paused:
+        now = self.clock()
+        idle = now - self._last
+        paused = ex.paused
+        if idle >= self._interval * 0.98 and self._sink is not None and not paused:
             self._sink.ping()
             self.send(self._sink.take(), content=False)
             idle = 0.0
-        self._timer = self._loop.call_later(max(self._interval - idle, 0.05), self._tick)
+        due = now + max(self._interval - idle, MIN_TICK)
+        content = self._content
+        if content is not None:
+            if paused:  # waiting for the client, not for the upstream
+                self.read_at = now
+            deadline = self.read_at + self._idle_limit
+            if now >= deadline - TIMER_SLACK:
+                self._content = None
+                content.set_exception(TimeoutError("no upstream data within streamIdleTimeout"))
+            elif deadline < due:
+                due = deadline
+        self._arm(due)
 
     def send(self, data: bytes, content: bool = True) -> None:
         if not data:
             return
         ex = self.exchange
-        if not ex.started:
-            ex.start_stream(200, SSE_HEADERS)
-        ex.write(data)
-        self._last = self._loop.time()
+        if ex.started:
+            ex.write(data)
+        else:
+            ex.start_stream(200, SSE_HEADERS, data)
+        self._last = self.clock()
         if content and not self.content_sent:
-            self.content_sent = True
-            self.first_content = time.monotonic()
+            self._content_started()
+
+    def finish(self, data: bytes, content: bool = True) -> None:
+        """The last bytes and the end of the response, in one write."""
+        ex = self.exchange
+        if ex.started:
+            ex.end(data)
+        else:
+            ex.start_stream(200, SSE_HEADERS, data, end=True)
+        if content and data and not self.content_sent:
+            self._content_started()
+
+    def _content_started(self) -> None:
+        self.content_sent = True
+        self.first_content = time.monotonic()
+        if self._plan is not None:
+            # No retry after content (Relay._attempts): the upstream body, as large as the
+            # conversation, need not live as long as the stream.
+            self._plan.body = b""
 
     def close(self) -> None:
         if self._timer is not None:
@@ -179,7 +262,9 @@ class Relay:
 
     async def run(self, exchange: Exchange, plan: Plan) -> None:
         metrics.note_model(plan.model)
-        stream = ClientStream(exchange, self.settings.ping_interval) if plan.streaming else None
+        stream = (
+            ClientStream(exchange, self.settings.ping_interval, plan) if plan.streaming else None
+        )
         try:
             await self._attempts(exchange, plan, stream)
         except _AfterContent as exc:
@@ -201,8 +286,9 @@ class Relay:
             sink = plan.make_sink()
             sink.error(exc)
             if stream is not None:
-                stream.send(sink.take(), content=False)
-            exchange.end()
+                stream.finish(sink.take(), content=False)
+            else:
+                exchange.end()
             return
         status, body = plan.render_error(exc)
         headers = list(JSON_HEADERS) + [(k.encode(), v.encode()) for k, v in exc.headers.items()]
@@ -213,8 +299,11 @@ class Relay:
 
         The lease holds the credential's budget slots for the whole stream.
         """
-        policy = FailoverPolicy(len(self.pool), settings=self.settings.failover)
-        excluded: set[int] = set()
+        # The policy and the exclusions exist from the first failure on: most requests
+        # never fail, and both would otherwise live as long as the stream.
+        credentials = len(self.pool)
+        policy: FailoverPolicy | None = None
+        excluded: set[int] | None = None
         prefer: int | None = None
         last: KiroFastError | None = None
         while True:
@@ -222,7 +311,7 @@ class Relay:
             token: str | None = None
             try:
                 lease = self.pool.lease(
-                    exclude=excluded, session=plan.session, model=plan.model, prefer=prefer
+                    exclude=excluded or (), session=plan.session, model=plan.model, prefer=prefer
                 )
                 async with lease:
                     cred, token = lease.cred, lease.cred.access_token
@@ -241,6 +330,9 @@ class Relay:
                 if stream is not None and stream.content_sent:
                     metrics.attempt_failed(exc, "fail")
                     raise _AfterContent(exc) from exc
+                if policy is None or excluded is None:
+                    policy = FailoverPolicy(credentials, settings=self.settings.failover)
+                    excluded = set()
                 decision = policy.decide(exc, cred.id if cred else None)
                 metrics.attempt_failed(exc, decision.action)
                 log.warning(
@@ -285,22 +377,32 @@ class Relay:
         if stream is not None:
             stream.attach(sink)
         deadline = time.monotonic() + self.settings.first_byte_timeout
-        response = await self.client.open_chat(
-            cred, body_for(cred, plan.body), self.settings.first_byte_timeout
+        client = self.client
+        # A stream's idle timeout is watched by its ClientStream instead of aiohttp's
+        # per-read sock_read timer (see ClientStream.watch).
+        response = await client.open_chat(
+            cred,
+            body_for(cred, plan.body),
+            self.settings.first_byte_timeout,
+            sock_read=stream is None,
         )
+        if stream is not None:
+            stream.watch(response.content, client.idle_timeout)
         try:
             await self._pump(response, converter, sink, stream, deadline)
         except BaseException:
             response.close()
             raise
+        finally:
+            if stream is not None:
+                stream.unwatch()
         response.release()
         if converter.truncated:
             metrics.truncated()
         if plan.on_done is not None:
             plan.on_done(converter, cred)
         if stream is not None:
-            stream.send(sink.take())
-            exchange.end()
+            stream.finish(sink.take())
         else:
             exchange.send(200, JSON_HEADERS, sink.body())
 
@@ -346,18 +448,30 @@ class Relay:
         sink: Any,
         stream: ClientStream,
     ) -> None:
-        """The hot loop: one client write per upstream read, no await per event."""
+        """The hot loop: one client write per upstream read, no await per event.
+
+        A read that brought the upstream's terminating chunk leaves its events to
+        :meth:`ClientStream.finish`, in the write that ends the response. Nothing of a
+        read (chunk, decoded frames, rendered bytes) is held while waiting for the next
+        one or for a slow client: up to three times a read's size per stream.
+        """
         feed, convert, take, send = decoder.feed, converter.feed, sink.take, stream.send
-        exchange = stream.exchange
+        exchange, clock, at_eof = stream.exchange, stream.clock, content.is_eof
         while chunk:
+            stream.read_at = clock()
             messages = feed(chunk)
+            chunk = b""
             if messages:
                 convert(messages)
-                data = take()
-                if data:
-                    send(data)
-                    if exchange.paused:
-                        await exchange.drain()
+                del messages
+                if not at_eof():
+                    data = take()
+                    if data:
+                        send(data)
+                        del data
+                        if exchange.paused:
+                            await exchange.drain()
+                            stream.read_at = clock()
             chunk = await content.readany()
 
     @staticmethod

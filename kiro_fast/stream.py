@@ -196,7 +196,8 @@ class StreamConverter:
         self._thinking_blocks = 0
         self._tool_blocks = 0
         self._tools: dict[str, _ToolCall] = {}
-        self._tools_done: set[str] = set()
+        #: finished tool calls; None until the first (an empty set costs 216 bytes a stream)
+        self._tools_done: set[str] | None = None
         self._dropped_tools = 0
         self._length_exceeded = False
         self._thinking_only = False
@@ -398,7 +399,8 @@ class StreamConverter:
 
     def _on_tool(self, data: Any) -> None:
         tool_id = data.get("toolUseId") if type(data) is dict else None
-        if not isinstance(tool_id, str) or tool_id in self._tools_done:
+        done = self._tools_done
+        if not isinstance(tool_id, str) or (done is not None and tool_id in done):
             return
         call = self._tools.get(tool_id)
         if call is None:
@@ -416,7 +418,9 @@ class StreamConverter:
                 self._out_bytes += len(fragment)
         if data.get("stop") is True:
             del self._tools[tool_id]
-            self._tools_done.add(tool_id)
+            if done is None:
+                done = self._tools_done = set()
+            done.add(tool_id)
             self._emit_tool(tool_id, call)
 
     def _text_boundary(self) -> None:

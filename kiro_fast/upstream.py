@@ -20,6 +20,8 @@ What this module owns:
 * Runtime settings (:mod:`kiro_fast.live_settings`): :meth:`UpstreamClient.apply_config`
   swaps the identity, proxy and timeouts; timeouts go with each request, so the next
   call uses the new values without new sessions.
+* One shim over an aiohttp internal, guarded by the aiohttp versions it was checked
+  against (:func:`install_resume_shim`: no no-op ``resume_reading`` per HTTP chunk).
 
 Which credential to use and whether to retry is decided by the caller.
 """
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,6 +38,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import aiohttp
 
 from .config import Config, render_base
+from .convert import random_uuid
 from .credentials import Credential, derive_machine_id
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .upstream_errors import MAX_ERROR_BODY, classify
@@ -121,6 +123,7 @@ class UpstreamClient:
         #: aiohttp-socks' own exception classes, once a SOCKS session exists
         self._proxy_errors: tuple[type[Exception], ...] = ()
         self._timeout = _client_timeout(config)
+        self._timeout_no_read = _client_timeout(config, sock_read=False)
 
     def apply_config(self, config: Config) -> None:
         """Take changed runtime settings (:mod:`kiro_fast.live_settings`): identity, proxy,
@@ -133,6 +136,12 @@ class UpstreamClient:
             self.identity.global_machine_id,
         )
         self._timeout = _client_timeout(config)
+        self._timeout_no_read = _client_timeout(config, sock_read=False)
+
+    @property
+    def idle_timeout(self) -> float:
+        """``streamIdleTimeout``: the longest upstream silence inside a response."""
+        return self.config.stream_idle_timeout
 
     # ------------------------------------------------------------------ sessions
 
@@ -215,7 +224,7 @@ class UpstreamClient:
                 f"md/nodejs#{ident.node_version} "
                 f"api/codewhispererstreaming#{STREAMING_SDK} m/E {suffix}"
             ),
-            "amz-sdk-invocation-id": str(uuid.uuid4()),
+            "amz-sdk-invocation-id": random_uuid(),
             "amz-sdk-request": "attempt=1; max=3",
         }
         if cred.is_api_key:
@@ -233,7 +242,7 @@ class UpstreamClient:
                 f"md/nodejs#{ident.node_version} "
                 f"api/codewhispererruntime#{RUNTIME_SDK} m/N,E {suffix}"
             ),
-            "amz-sdk-invocation-id": str(uuid.uuid4()),
+            "amz-sdk-invocation-id": random_uuid(),
             "amz-sdk-request": "attempt=1; max=1",
         }
         if cred.is_api_key:
@@ -270,11 +279,14 @@ class UpstreamClient:
         return UpstreamUnavailable(f"the SOCKS proxy failed: {exc}")
 
     async def open_chat(
-        self, cred: Credential, body: bytes, first_byte_timeout: float
+        self, cred: Credential, body: bytes, first_byte_timeout: float, *, sock_read: bool = True
     ) -> aiohttp.ClientResponse:
         """POST ``generateAssistantResponse``; return the response once it answered 200.
 
         The caller reads it with ``response.content.iter_any()`` and must release it.
+        ``sock_read=False``: the caller enforces :attr:`idle_timeout` on the body itself
+        (aiohttp's ``sock_read`` re-arms a timer on every read); the wait for the answer's
+        head is bounded by it all the same.
 
         Raises:
             UpstreamStatusError: a non-200 answer (already classified).
@@ -284,10 +296,14 @@ class UpstreamClient:
         session = self._session_for(cred)
         headers = self.chat_headers(cred)
         proxy = self._request_kwargs(cred, url, headers)
+        timeout, head_limit = self._timeout, first_byte_timeout
+        if not sock_read:
+            timeout = self._timeout_no_read
+            head_limit = min(first_byte_timeout, self.config.stream_idle_timeout)
         try:
-            async with asyncio.timeout(first_byte_timeout):
+            async with asyncio.timeout(head_limit):
                 response = await session.post(
-                    url, data=body, headers=headers, timeout=self._timeout, **proxy
+                    url, data=body, headers=headers, timeout=timeout, **proxy
                 )
         except TimeoutError as exc:
             raise UpstreamTimeout(
@@ -355,13 +371,13 @@ class UpstreamClient:
             raise mapped from exc
 
 
-def _client_timeout(config: Config) -> aiohttp.ClientTimeout:
+def _client_timeout(config: Config, *, sock_read: bool = True) -> aiohttp.ClientTimeout:
     """Per-request timeouts (passed with each call, so a settings change applies at once)."""
     return aiohttp.ClientTimeout(
         total=None,
         connect=config.connect_timeout,
         sock_connect=config.connect_timeout,
-        sock_read=config.stream_idle_timeout,
+        sock_read=config.stream_idle_timeout if sock_read else None,
     )
 
 
@@ -408,3 +424,47 @@ async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         raise _map_client_error(exc) from exc
     except OSError as exc:
         raise UpstreamUnavailable("upstream stream broke off") from exc
+
+
+# --------------------------------------------------------------------------- aiohttp shim
+
+#: aiohttp releases whose client read path was checked for :func:`install_resume_shim`.
+RESUME_SHIM_VERSIONS: Final = frozenset({"3.14.5"})
+_SHIM_MARK: Final = "_kiro_fast_resume_shim"
+
+
+def install_resume_shim() -> bool:
+    """Skip aiohttp's no-op ``resume_reading`` on client connections; True if installed.
+
+    aiohttp 3.14's ``StreamReader._read_nowait_chunk`` calls ``protocol.resume_reading()``
+    for every chunk it hands out while its buffer is below the low-water mark, paused or
+    not. On a client connection that re-enters ``data_received(b"")``, feeds the parser
+    nothing and resumes a transport that is reading anyway: about 1 µs per chunk, and Kiro
+    sends one event per HTTP chunk (~10 % of a fast stream's CPU). Input is held back
+    only while the protocol is paused (``_reading_paused``, or ``_buffer_paused`` for an
+    upgrade's tail), so with neither flag set the call has nothing to do and the shim
+    returns; otherwise aiohttp's own method runs.
+
+    Installed only on the aiohttp versions it was checked against; any other version
+    runs unpatched (slower, same behaviour). ``tests/test_upstream_shim.py`` fails when
+    aiohttp changes the behaviour this relies on or fixes the call itself.
+    """
+    if aiohttp.__version__ not in RESUME_SHIM_VERSIONS:
+        return False
+    from aiohttp.client_proto import ResponseHandler  # noqa: PLC0415 - only for the shim
+
+    original = ResponseHandler.resume_reading
+    if getattr(original, _SHIM_MARK, False):
+        return True
+
+    def resume_reading(self: ResponseHandler, resume_parser: bool = True) -> None:
+        if self._reading_paused or self._buffer_paused:
+            original(self, resume_parser)
+
+    setattr(resume_reading, _SHIM_MARK, True)
+    resume_reading.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(ResponseHandler, "resume_reading", resume_reading)  # noqa: B010 - mypy: a method
+    return True
+
+
+RESUME_SHIM: Final = install_resume_shim()

@@ -1523,3 +1523,44 @@ def test_no_normalised_request_is_refused_under_any_limits(
     assert validate_request(converted.body, rules, raw_size=raw) is None
     for note in notes:
         assert note in current(converted)["content"]
+
+
+# --------------------------------------------------------------------------- ids and models
+
+
+def test_random_uuid_is_a_version_4_uuid_string() -> None:
+    from kiro_fast.convert import random_uuid
+
+    values = {random_uuid() for _ in range(2000)}
+    assert len(values) == 2000
+    for value in values:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_model_resolution_is_kept_per_options_object() -> None:
+    import dataclasses
+
+    from kiro_fast import convert as cv
+
+    options = ConvertOptions()
+    first = cv._resolve("claude-sonnet-4-5", options)
+    assert cv._resolve("claude-sonnet-4-5", options) is first
+    assert options.model_cache == {"claude-sonnet-4-5": first}
+    with pytest.raises(InvalidRequest):
+        cv._resolve("no-such-model", options)
+    assert "no-such-model" not in options.model_cache
+    overridden = dataclasses.replace(options, model_overrides={"claude-sonnet-4-5": "other"})
+    assert overridden.model_cache == {}
+    assert cv._resolve("claude-sonnet-4-5", overridden).kiro_id == "other"
+
+
+def test_model_cache_is_bounded() -> None:
+    from kiro_fast import convert as cv
+
+    options = ConvertOptions()
+    for n in range(cv.MODEL_CACHE_SIZE + 50):
+        cv._resolve(f"claude-sonnet-4-5-{n:08d}", options)
+    assert len(options.model_cache) == cv.MODEL_CACHE_SIZE

@@ -452,7 +452,9 @@ def test_streamed_chunks_are_framed_byte_exact(run) -> None:
             + b"\r\n"
             + b"0\r\n\r\n"
         )
-        assert len(t.writes) == 4  # head, two chunks, terminator: one write each, no more
+        # The head, then the chunks and the terminator: written in one loop iteration,
+        # they leave in one send.
+        assert len(t.writes) == 2
 
     run(main())
 
@@ -939,4 +941,231 @@ def test_shutdown_drops_a_client_that_stopped_reading_at_the_deadline(run) -> No
         assert t.aborted  # close() alone would wait for the flush forever
         assert server.state.idle
 
+    run(main())
+
+
+# --------------------------------------------------------------------------- coalesced writes
+
+
+def test_first_chunk_leaves_with_the_head_and_last_with_the_terminator(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS, b"first")
+        exchange.write(b"middle")
+        exchange.end(b"the end")
+
+    async def main() -> None:
+        _, t = Harness(app).connect()
+        t.feed(req("POST", "/v1/messages", b"{}"))
+        await t.wait_bytes(b"0\r\n\r\n")
+        assert len(t.writes) == 2
+        head, sep, first = t.writes[0].partition(b"\r\n\r\n")
+        assert sep and head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert first == b"5\r\nfirst\r\n"
+        assert t.writes[1] == b"6\r\nmiddle\r\n7\r\nthe end\r\n0\r\n\r\n"
+        (response,) = parse_responses(t.take())
+        assert response.body == b"firstmiddlethe end"
+
+    run(main())
+
+
+def test_a_whole_stream_leaves_in_one_write_and_the_connection_stays_open(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS, b"data: all\n\n", end=True)
+        assert exchange.finished
+        exchange.end(b"ignored: already finished")
+
+    async def main() -> None:
+        _, t = Harness(app).connect()
+        t.feed(req("POST", "/v1/messages", b"{}"))
+        await t.wait_bytes(b"0\r\n\r\n")
+        (write,) = t.writes
+        assert write.endswith(b"\r\n\r\nb\r\ndata: all\n\n\r\n0\r\n\r\n")
+        t.feed(req("POST", "/v1/messages", b"{}"))
+        await t.wait_for(lambda t: len(t.writes) == 2)
+        responses = parse_responses(t.take())
+        assert [r.body for r in responses] == [b"data: all\n\n"] * 2
+        assert not t.is_closing()
+
+    run(main())
+
+
+def test_coalesced_writes_to_an_http10_client_are_raw(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS, b"one ", end=request.path == "/whole")
+        if request.path != "/whole":
+            exchange.end(b"two")
+
+    async def main() -> None:
+        for path, body in (("/whole", b"one "), ("/split", b"one two")):
+            _, t = Harness(app).connect()
+            t.feed(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            await t.wait_closed()
+            head, _, rest = t.writes[0].partition(b"\r\n\r\n")
+            assert b"Connection: close" in head.split(b"\r\n")
+            assert rest == b"one "
+            assert b"".join(t.writes).partition(b"\r\n\r\n")[2] == body
+
+    run(main())
+
+
+def test_coalesced_bytes_are_dropped_for_head_requests(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS, b"data: 1\n\n", end=True)
+
+    async def main() -> None:
+        _, t = Harness(app).connect()
+        t.feed(req("HEAD", "/"))
+        await t.wait_bytes(b"\r\n\r\n")
+        (write,) = t.writes
+        assert write.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
+        assert b"data: 1" not in write
+
+    run(main())
+
+
+def test_stream_head_lines_in_order_without_per_request_validation(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS)
+        exchange.end()
+
+    async def main() -> None:
+        _, t = Harness(app).connect()
+        for _ in range(2):  # the second head comes from the cached rendering
+            t.feed(req("POST", "/v1/messages", b"{}"))
+            await t.wait_bytes(b"0\r\n\r\n")
+            head = t.take().partition(b"\r\n\r\n")[0].split(b"\r\n")
+            assert head[0] == b"HTTP/1.1 200 OK"
+            names = [line.partition(b":")[0].lower() for line in head[1:]]
+            assert names == [
+                b"date",
+                b"server",
+                b"content-type",
+                b"cache-control",
+                b"x-accel-buffering",
+                b"x-request-id",
+                b"transfer-encoding",
+            ]
+            assert b"server: kiro-fast" in head
+            assert b"content-type: text/event-stream" in head
+
+    run(main())
+
+
+def test_illegal_header_in_a_stream_head_is_refused_before_any_byte(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, [(b"x-bad", b"evil\r\ninjected: yes")])
+
+    async def main() -> None:
+        _, t = Harness(app).connect()
+        t.feed(req("GET", "/"))
+        await t.wait_closed()
+        assert b"injected" not in t.take()
+
+    run(main())
+
+
+def test_framing_headers_from_the_app_go_through_h11(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, [(b"content-type", b"text/plain"), (b"connection", b"close")])
+        exchange.end(b"bye")
+
+    async def main() -> None:
+        _, t = Harness(app).connect()
+        t.feed(req("GET", "/"))
+        await t.wait_closed()
+        (response,) = parse_responses(t.take())
+        assert response.header(b"connection") == b"close"
+        assert response.header(b"x-request-id")
+        assert response.body == b"bye"
+
+    run(main())
+
+
+def test_release_body_empties_only_the_body() -> None:
+    request = Request("POST", "/v1/messages", "/v1/messages", "", [], b"{...}", "id1", None)
+    request.release_body()
+    assert request.body == b""
+    assert (request.method, request.path, request.request_id) == ("POST", "/v1/messages", "id1")
+
+
+def test_a_written_chunk_leaves_with_the_next_loop_iteration(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS)
+        exchange.write(b"one")
+        exchange.write(b"two")
+        await transport.wait_bytes(b"3\r\ntwo\r\n")  # sent without end(): not held back
+        exchange.write(b"three")
+        await transport.wait_bytes(b"5\r\nthree\r\n")
+        exchange.end()
+
+    async def main() -> None:
+        nonlocal transport
+        _, transport = Harness(app).connect()
+        transport.feed(req("POST", "/v1/messages", b"{}"))
+        await transport.wait_bytes(b"0\r\n\r\n")
+        assert transport.writes[1:] == [
+            b"3\r\none\r\n3\r\ntwo\r\n",
+            b"5\r\nthree\r\n",
+            b"0\r\n\r\n",
+        ]
+
+    transport: Any = None
+    run(main())
+
+
+def test_a_held_chunk_is_dropped_once_the_client_left(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS)
+        exchange.write(b"never sent")
+        transport.client_disconnect()
+        await exchange.wait_disconnected()
+
+    async def main() -> None:
+        nonlocal transport
+        _, transport = Harness(app).connect()
+        transport.feed(req("POST", "/v1/messages", b"{}"))
+        await transport.wait_for(lambda t: t.lost)
+        assert b"never sent" not in bytes(transport.buffer)
+
+    transport: Any = None
+    run(main())
+
+
+def test_held_chunks_go_out_before_an_app_failure_closes_the_connection(run) -> None:
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS)
+        exchange.write(b"partial")
+        raise RuntimeError("broke mid-stream")
+
+    async def main() -> None:
+        _, t = Harness(app).connect()
+        t.feed(req("POST", "/v1/messages", b"{}"))
+        await t.wait_closed()
+        assert bytes(t.buffer).endswith(b"7\r\npartial\r\n")
+
+    run(main())
+
+
+def test_a_big_write_leaves_at_once_with_what_was_held(run) -> None:
+    from kiro_fast.protocol import HOLD_LIMIT
+
+    big = b"x" * HOLD_LIMIT
+
+    async def app(request: Request, exchange: Exchange) -> None:
+        exchange.start_stream(200, SSE_HEADERS)
+        exchange.write(b"small")
+        assert len(transport.writes) == 1  # the head; the small chunk is held
+        exchange.write(big)
+        # Sent now, so paused (and drain) see it: no more than HOLD_LIMIT is ever held.
+        assert transport.writes[1] == b"5\r\nsmall\r\n" + b"%x\r\n%s\r\n" % (len(big), big)
+        exchange.end()
+
+    async def main() -> None:
+        nonlocal transport
+        _, transport = Harness(app).connect()
+        transport.feed(req("POST", "/v1/messages", b"{}"))
+        await transport.wait_bytes(b"\r\n0\r\n\r\n")
+        assert transport.writes[2:] == [b"0\r\n\r\n"]
+
+    transport: Any = None
     run(main())
