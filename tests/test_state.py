@@ -870,3 +870,37 @@ def test_redis_url_prefix_and_describe_hide_the_password() -> None:
     assert "cache.internal:6380/2" in store.describe()
     assert isinstance(open_state("rediss://cache.internal"), RedisStore)
     assert open_state("rediss://cache.internal").prefix == "kiro_fast:"  # type: ignore[attr-defined]
+
+
+_OPEN_TOGETHER = """
+import asyncio, sys, time
+from kiro_fast.state import open_state
+
+async def main(path: str, start: float) -> None:
+    while time.time() < start:
+        time.sleep(0.0005)
+    store = open_state(path)
+    await store.open()
+    await store.put_credential({"id": await store.allocate_credential_id(), "refreshToken": "r"})
+    await store.close()
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def test_workers_opening_a_new_sqlite_file_together_all_start(tmp_path: Path) -> None:
+    # Workers of one supervisor open (and create, and migrate) the same file at once.
+    for round_ in range(3):
+        path = tmp_path / f"together-{round_}.db"
+        start = time.time() + 0.5
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_TOGETHER, str(path), str(start)],
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(4)
+        ]
+        errors = [child.communicate(timeout=60)[1].decode() for child in children]
+        assert [child.returncode for child in children] == [0, 0, 0, 0], errors
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 4

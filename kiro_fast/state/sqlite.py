@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -203,6 +204,11 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, now: floa
             for statement in MIGRATIONS[version - 1]:
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now))
+    except sqlite3.OperationalError as exc:
+        conn.execute("ROLLBACK")
+        if _is_busy(exc):
+            raise  # another process holds the database: the caller retries
+        raise ConfigError(f"state database cannot be migrated (not kiro_fast's?): {exc}") from None
     except sqlite3.DatabaseError as exc:
         conn.execute("ROLLBACK")
         raise ConfigError(f"state database cannot be migrated (not kiro_fast's?): {exc}") from None
@@ -213,16 +219,24 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, now: floa
     return found
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """An autocommit connection with the pragmas every process must use."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise ConfigError(f"state database {path}: WAL journal mode unavailable ({mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
         conn.close()
-        raise ConfigError(f"state database {path}: WAL journal mode unavailable ({mode})")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
+        raise
     return conn
 
 
@@ -264,13 +278,29 @@ class SQLiteStore(StateStore):
 
     def _open_sync(self) -> None:
         _create_private(self.path)
+        # Workers starting together race for the file: switching a new file to WAL and
+        # migrating can report "locked" at once (SQLite skips the busy handler there), so
+        # opening retries for as long as a busy statement would wait.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.01
+        while True:
+            try:
+                self._conn = self._connect_and_migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                    raise ConfigError(f"state database {self.path}: {exc}") from None
+            time.sleep(delay)  # a blocking open, on the store's own thread
+            delay = min(delay * 2, 0.25)
+
+    def _connect_and_migrate(self) -> sqlite3.Connection:
         conn = connect(self.path)
         try:
             migrate(conn, now=self.clock())
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
 
     async def _close(self) -> None:
         if self._executor is None:
