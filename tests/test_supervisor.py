@@ -175,10 +175,13 @@ def test_a_killed_worker_is_restarted_and_requests_keep_succeeding(start, tmp_pa
     victim = next(pid for pid, slot in pids.items() if slot == 1)
     ok_request(port)
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(victim), what="the killed worker is gone")
+    # Reaped, not merely a zombie leader: a multi-threaded process's listening socket
+    # stays open until its last thread is gone, and connections the kernel queued on it
+    # meanwhile are reset when it closes (SO_REUSEPORT does not migrate them by default;
+    # docs/deploy.md). The supervisor logs the exit only once the whole process is gone.
+    (restart,) = process.wait_record(lambda r: "exited unexpectedly" in r["msg"])
     for _ in range(5):  # one worker left: every request still succeeds
         ok_request(port)
-    (restart,) = process.wait_record(lambda r: "exited unexpectedly" in r["msg"])
     assert restart["worker_pid"] == victim and restart["worker"] == 1
     assert restart["status"] == -signal.SIGKILL
     (replacement,) = process.wait_record(
