@@ -42,7 +42,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .eventstream import EventStreamDecoder
-from .failover import Decision, FailoverPolicy, FailoverSettings
+from .failover import FailoverPolicy, FailoverSettings
 from .pool import CredentialPool
 from .protocol import Exchange
 from .stream import StreamConverter
@@ -342,32 +342,13 @@ class Relay:
                     exc.message or type(exc).__name__,
                     decision.action,
                 )
-                if cred is not None:
-                    await self._carry_out(decision, cred, token, excluded)
+                if cred is not None and await self.pool.apply(decision, cred, token):
+                    excluded.add(cred.id)
                 if decision.action == "fail":
                     raise
                 prefer = cred.id if cred is not None and decision.action != "retry_other" else None
                 if decision.delay:
                     await asyncio.sleep(decision.delay)
-
-    async def _carry_out(
-        self, decision: Decision, cred: Credential, token: str | None, excluded: set[int]
-    ) -> None:
-        """The credential's fate, then where the next attempt goes."""
-        pool = self.pool
-        if decision.penalty == "quota":
-            await pool.quota_exhausted(cred)
-        elif decision.penalty == "cooldown":
-            await pool.cool_down(cred, decision.cooldown, decision.reason)
-        elif decision.penalty == "failure":
-            await pool.record_failure(cred)
-        if decision.action == "retry_other":
-            excluded.add(cred.id)
-        elif decision.action == "refresh_and_retry":
-            try:
-                await pool.ensure_fresh(cred, stale_token=token)
-            except TokenRefreshError:
-                excluded.add(cred.id)
 
     async def _attempt(
         self, exchange: Exchange, plan: Plan, stream: ClientStream | None, cred: Credential
