@@ -36,7 +36,7 @@ import operator
 import re
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -313,10 +313,21 @@ class StructuredMessageSink(AnthropicMessageSink):
             texts[0]["text"] = cleaned
 
 
-class StructuredSSESink(AnthropicSSESink):
-    """Streaming: the text has left already; it is checked at the end and counted only."""
+if TYPE_CHECKING:  # the mixin's super() calls land on an SSE sink
+    _SSEBase = AnthropicSSESink
+else:
+    _SSEBase = object
 
-    __slots__ = ("_schema", "_request_id", "_texts")
+
+class _CheckedAtEnd(_SSEBase):
+    """Streamed text has left already: it is checked once the answer ends, and counted.
+
+    No ``__slots__`` here (mypy would then refuse the assignments below); the concrete
+    sinks declare the three slots, so the attributes still live in slots."""
+
+    _schema: dict[str, Any]
+    _request_id: str
+    _texts: list[str]
 
     def __init__(
         self,
@@ -330,7 +341,7 @@ class StructuredSSESink(AnthropicSSESink):
         super().__init__(model, message_id, input_estimate=input_estimate)
         self._schema = schema
         self._request_id = request_id
-        self._texts: list[str] = []
+        self._texts = []
 
     def text(self, index: int, text: str) -> None:
         self._texts.append(text)
@@ -343,31 +354,13 @@ class StructuredSSESink(AnthropicSSESink):
         super().finish(stop_reason, usage)
 
 
-class StructuredBufferedSSESink(BufferedSSESink):
+class StructuredSSESink(_CheckedAtEnd, AnthropicSSESink):
+    """Streaming with a schema."""
+
+    __slots__ = ("_schema", "_request_id", "_texts")
+
+
+class StructuredBufferedSSESink(_CheckedAtEnd, BufferedSSESink):
     """``/cc/v1/messages`` with a schema: checked and counted like streaming answers."""
 
     __slots__ = ("_schema", "_request_id", "_texts")
-
-    def __init__(
-        self,
-        model: str,
-        message_id: str,
-        *,
-        input_estimate: int,
-        schema: dict[str, Any],
-        request_id: str = "",
-    ) -> None:
-        super().__init__(model, message_id, input_estimate=input_estimate)
-        self._schema = schema
-        self._request_id = request_id
-        self._texts: list[str] = []
-
-    def text(self, index: int, text: str) -> None:
-        self._texts.append(text)
-        super().text(index, text)
-
-    def finish(self, stop_reason: str, usage: Usage) -> None:
-        if stop_reason == "end_turn" and self._texts:
-            outcome, _, problem = check("".join(self._texts), self._schema)
-            _record(outcome, problem, self._request_id)
-        super().finish(stop_reason, usage)

@@ -169,6 +169,30 @@ def test_streamed_structured_output_is_checked_but_never_rewritten(
     assert STRUCTURED_OUTPUT["unfenced"] == before + 1
 
 
+def test_buffered_cc_structured_output_is_checked_and_delivered_as_written(
+    harness: Harness,
+) -> None:
+    answer = '{"n": "one"}'
+    before = STRUCTURED_OUTPUT["schema_mismatch"]
+    harness.call(lambda: harness.fake.enqueue(Scenario(text=answer)))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    body = {
+        "model": MODEL,
+        "max_tokens": 64,
+        "stream": True,
+        "messages": user("JSON please"),
+        "output_config": {"format": {"type": "json_schema", "schema": schema}},
+    }
+    status, raw = raw_post(harness, "/cc/v1/messages", body)
+    assert status == 200
+    events = sse_events(raw)
+    text = "".join(
+        e["delta"].get("text", "") for name, e in events if name == "content_block_delta"
+    )
+    assert text == answer
+    assert STRUCTURED_OUTPUT["schema_mismatch"] == before + 1
+
+
 # --------------------------------------------------------------------------- item 5
 
 
