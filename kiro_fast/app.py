@@ -27,9 +27,9 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, overload
+from typing import Any, Final
 
 import orjson
 
@@ -148,30 +148,6 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     return data
-
-
-class _Answered(Sequence[Any]):
-    """A request's messages as :func:`truncation.record` reads them once the answer is
-    done: their number and the last one (what a cut answer is remembered by). The
-    conversation itself need not live as long as the stream."""
-
-    __slots__ = ("_count", "_last")
-
-    def __init__(self, messages: Sequence[Any]) -> None:
-        self._count = len(messages)
-        self._last = messages[-1] if messages else None
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Any]: ...
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, int) and self._count and index in (-1, self._count - 1):
-            return self._last
-        raise IndexError("only the last message is kept")
 
 
 @dataclass(slots=True)
@@ -409,7 +385,7 @@ class App:
         request_id = request.request_id
         thinking, tool_names = converted.thinking, converted.tool_names
         context_window, client_session = converted.context_window, converted.client_session
-        answered = _Answered(history)
+        answered = truncation.Answered(history, fingerprint=config.truncation_note)
 
         def make_sink() -> Any:
             if schema is not None:

@@ -866,6 +866,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body_parts = []
         self._body_size = 0
         self._phase = _BUSY
+        # No deadline while the application answers (the watchdog would only re-check and
+        # return); a cancelled timer frees its handle, which an open stream would keep.
+        self._cancel_timer()
         exchange = self._exchange = Exchange(self, request)
         task = self._task = self._loop.create_task(exchange._run(self._app))
         self._state.tasks.add(task)

@@ -74,6 +74,22 @@ def message_digest(message: Any) -> bytes:
     return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
+class Answered:
+    """What an answer is remembered by: its request's message count and the hash of the
+    last message.
+
+    Taken when the request arrives, so a stream keeps 40 bytes instead of its last
+    message (often a tool result of tens of KB) until the answer ends. ``fingerprint``
+    False skips the hash (the memory is off; only the count is needed then).
+    """
+
+    __slots__ = ("count", "digest")
+
+    def __init__(self, messages: Sequence[Any], *, fingerprint: bool = True) -> None:
+        self.count = len(messages)
+        self.digest = message_digest(messages[-1]) if messages and fingerprint else b""
+
+
 def _without_cache_control(block: Any) -> Any:
     if isinstance(block, dict) and "cache_control" in block:
         return {key: value for key, value in block.items() if key != "cache_control"}
@@ -100,11 +116,12 @@ class TruncationMemory:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def remember(self, session: str | None, messages: Sequence[Any]) -> None:
+    def remember(self, session: str | None, messages: Sequence[Any] | Answered) -> None:
         """The answer to a request with these ``messages`` was cut."""
-        if not messages:
+        answered = messages if isinstance(messages, Answered) else Answered(messages)
+        if not answered.count or not answered.digest:
             return
-        key = (session or "", len(messages), message_digest(messages[-1]))
+        key = (session or "", answered.count, answered.digest)
         if key in self._entries:
             self._entries.move_to_end(key)
         else:
@@ -151,7 +168,7 @@ MEMORY: Final = TruncationMemory()
 def record(
     memory: TruncationMemory,
     session: str | None,
-    messages: Sequence[Any],
+    messages: Sequence[Any] | Answered,
     *,
     truncated: bool,
     dropped_tool_calls: int,

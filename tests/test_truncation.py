@@ -10,7 +10,7 @@ import pytest
 from e2e_harness import Harness, directive
 
 from kiro_fast.testing import Scenario
-from kiro_fast.truncation import NOTE, TRUNCATION, TruncationMemory, message_digest
+from kiro_fast.truncation import NOTE, TRUNCATION, Answered, TruncationMemory, message_digest
 
 MODEL = "claude-sonnet-4-6"
 SESSION = "0b9a8c7d-6e5f-4a3b-9c1d-2e3f4a5b6c7d"
@@ -230,3 +230,36 @@ def test_the_note_can_be_switched_off() -> None:
             messages=[*asked, {"role": "assistant", "content": "cut"}, msg("user", RECOVERY)],  # type: ignore[list-item]
         )
         assert NOTE not in last_current_text(off)
+
+
+# --------------------------------------------------------------------------- Answered
+
+CONVERSATION = [
+    msg("user", "write a long story"),
+    msg("assistant", "Once upon a time"),
+    msg("user", "go on", cache_control={"type": "ephemeral"}),
+]
+
+
+def test_an_answer_remembered_by_its_fingerprint_is_recognised_like_the_whole_request() -> None:
+    kept, whole = TruncationMemory(), TruncationMemory()
+    kept.remember(SESSION, Answered(CONVERSATION))
+    whole.remember(SESSION, CONVERSATION)
+    follow_up = [*CONVERSATION, msg("assistant", "partial"), msg("user", "?")]
+    assert kept.note_for(SESSION, follow_up) == NOTE
+    assert whole.note_for(SESSION, follow_up) == NOTE
+    assert kept.note_for("another-session", follow_up) is None
+
+
+def test_the_fingerprint_keeps_no_message() -> None:
+    answered = Answered(CONVERSATION)
+    assert answered.count == 3
+    assert answered.digest == message_digest(CONVERSATION[-1])
+    assert not any(isinstance(getattr(answered, slot), dict) for slot in Answered.__slots__)
+
+
+def test_without_a_fingerprint_or_messages_nothing_is_remembered() -> None:
+    memory = TruncationMemory()
+    memory.remember(SESSION, Answered(CONVERSATION, fingerprint=False))
+    memory.remember(SESSION, Answered([]))
+    assert len(memory) == 0
