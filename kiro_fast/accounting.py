@@ -284,21 +284,20 @@ def kiro_model_of(name: str, thinking_suffix: str, overrides: Mapping[str, str])
 class AccountingRelay(Relay):
     """The relay, noting for the running request its model, credential and usage."""
 
-    async def run(self, exchange: Exchange, plan: Plan) -> None:
+    # Hooks, not a wrapper around run(): a wrapper coroutine and closure would live as
+    # long as every stream.
+    def _begin(self, plan: Plan) -> None:
         note = CURRENT.get()
         if note is not None:
             note.stream = plan.streaming
             if plan.model:
                 note.model = plan.model
-            inner = plan.on_done
 
-            def on_done(converter: StreamConverter, cred: Credential) -> None:
-                note.answered(cred, converter)
-                if inner is not None:
-                    inner(converter, cred)
-
-            plan.on_done = on_done
-        await super().run(exchange, plan)
+    def _done(self, plan: Plan, converter: StreamConverter, cred: Credential) -> None:
+        note = CURRENT.get()
+        if note is not None:
+            note.answered(cred, converter)
+        super()._done(plan, converter, cred)
 
     def _fail(self, exchange: Exchange, plan: Plan, stream: Any, exc: KiroFastError) -> None:
         note = CURRENT.get()

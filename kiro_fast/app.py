@@ -150,6 +150,95 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+def _render_anthropic_error(exc: KiroFastError) -> tuple[int, bytes]:
+    return exc.status, anthropic_error_body(exc.status, exc.error_type, exc.message)
+
+
+class _AnthropicAnswer:
+    """What an Anthropic Messages answer needs from its request, for as long as it
+    streams: the sink and converter settings and the truncation fingerprint (not the
+    conversation)."""
+
+    __slots__ = (
+        "streaming",
+        "_buffered",
+        "_model",
+        "_message_id",
+        "_estimate",
+        "_schema",
+        "_request_id",
+        "_thinking",
+        "_tool_names",
+        "_context_window",
+        "_client_session",
+        "_answered",
+    )
+
+    def __init__(
+        self,
+        converted: convert.ConvertedRequest,
+        *,
+        streaming: bool,
+        buffered: bool,
+        schema: dict[str, Any] | None,
+        request_id: str,
+        answered: truncation.Answered,
+    ) -> None:
+        self.streaming = streaming
+        self._buffered = buffered
+        self._model = converted.client_model
+        self._message_id = "msg_" + os.urandom(16).hex()
+        self._estimate = converted.input_tokens
+        self._schema = schema
+        self._request_id = request_id
+        self._thinking = converted.thinking
+        self._tool_names = converted.tool_names
+        self._context_window = converted.context_window
+        self._client_session = converted.client_session
+        self._answered = answered
+
+    def make_sink(self) -> Any:
+        model, message_id, estimate = self._model, self._message_id, self._estimate
+        if self._schema is not None:
+            kind: Any = (
+                structured_output.StructuredMessageSink
+                if not self.streaming
+                else structured_output.StructuredBufferedSSESink
+                if self._buffered
+                else structured_output.StructuredSSESink
+            )
+            return kind(
+                model,
+                message_id,
+                input_estimate=estimate,
+                schema=self._schema,
+                request_id=self._request_id,
+            )
+        if not self.streaming:
+            return AnthropicMessageSink(model, message_id, input_estimate=estimate)
+        if self._buffered:
+            return BufferedSSESink(model, message_id, input_estimate=estimate)
+        return AnthropicSSESink(model, message_id, input_estimate=estimate)
+
+    def make_converter(self, sink: Any) -> StreamConverter:
+        return StreamConverter(
+            sink,
+            thinking=self._thinking,
+            tool_names=self._tool_names,
+            context_window=self._context_window,
+            input_tokens=self._estimate,
+        )
+
+    def on_done(self, converter: StreamConverter, cred: Any) -> None:
+        truncation.record(
+            truncation.MEMORY,
+            self._client_session,
+            self._answered,
+            truncated=converter.truncated,
+            dropped_tool_calls=converter.dropped_tool_calls,
+        )
+
+
 @dataclass(slots=True)
 class AppState:
     config: Config
@@ -359,6 +448,16 @@ class App:
             )
             await search.answer(payload, exchange, input_tokens=estimate)
             return
+        plan = self._messages_plan(request, payload, buffered)
+        # Only what the answer needs lives as long as the stream: the request body, its
+        # parsed dict and the converted request are each as large as the conversation.
+        # (The plan is built by a plain function so that its locals are gone too.)
+        request.release_body()
+        del payload
+        await self.state.relay.run(exchange, plan)
+
+    def _messages_plan(self, request: Request, payload: dict[str, Any], buffered: bool) -> Plan:
+        config = self.state.config
         session_header = request.header("x-claude-code-session-id") or ""
         history = payload.get("messages")
         history = history if isinstance(history, list) else []
@@ -377,67 +476,21 @@ class App:
         )
         if notes:
             truncation.TRUNCATION["notes"] += 1
-        streaming = payload.get("stream") is True
-        message_id = "msg_" + os.urandom(16).hex()
-        model = converted.client_model
-        estimate = converted.input_tokens
-        schema = structured_output.requested_schema(payload)
-        request_id = request.request_id
-        thinking, tool_names = converted.thinking, converted.tool_names
-        context_window, client_session = converted.context_window, converted.client_session
-        answered = truncation.Answered(history, fingerprint=config.truncation_note)
-
-        def make_sink() -> Any:
-            if schema is not None:
-                kind: Any = (
-                    structured_output.StructuredMessageSink
-                    if not streaming
-                    else structured_output.StructuredBufferedSSESink
-                    if buffered
-                    else structured_output.StructuredSSESink
-                )
-                return kind(
-                    model, message_id, input_estimate=estimate, schema=schema, request_id=request_id
-                )
-            if not streaming:
-                return AnthropicMessageSink(model, message_id, input_estimate=estimate)
-            if buffered:
-                return BufferedSSESink(model, message_id, input_estimate=estimate)
-            return AnthropicSSESink(model, message_id, input_estimate=estimate)
-
-        def make_converter(sink: Any) -> StreamConverter:
-            return StreamConverter(
-                sink,
-                thinking=thinking,
-                tool_names=tool_names,
-                context_window=context_window,
-                input_tokens=estimate,
-            )
-
-        def render_error(exc: KiroFastError) -> tuple[int, bytes]:
-            return exc.status, anthropic_error_body(exc.status, exc.error_type, exc.message)
-
-        def on_done(converter: StreamConverter, cred: Any) -> None:
-            truncation.record(
-                truncation.MEMORY,
-                client_session,
-                answered,
-                truncated=converter.truncated,
-                dropped_tool_calls=converter.dropped_tool_calls,
-            )
-
-        plan = Plan(
+        answer = _AnthropicAnswer(
+            converted,
+            streaming=payload.get("stream") is True,
+            buffered=buffered,
+            schema=structured_output.requested_schema(payload),
+            request_id=request.request_id,
+            answered=truncation.Answered(history, fingerprint=config.truncation_note),
+        )
+        return Plan(
             body=converted.body_json,
-            make_sink=make_sink,
-            make_converter=make_converter,
-            streaming=streaming,
-            render_error=render_error,
-            on_done=on_done,
+            make_sink=answer.make_sink,
+            make_converter=answer.make_converter,
+            streaming=answer.streaming,
+            render_error=_render_anthropic_error,
+            on_done=answer.on_done,
             session=session_key(payload),
             model=converted.kiro_model,
         )
-        # Only what the answer needs lives as long as the stream: the request body, its
-        # parsed dict and the converted request are each as large as the conversation.
-        request.release_body()
-        del payload, history, converted
-        await self.state.relay.run(exchange, plan)

@@ -262,6 +262,7 @@ class Relay:
 
     async def run(self, exchange: Exchange, plan: Plan) -> None:
         metrics.note_model(plan.model)
+        self._begin(plan)
         stream = (
             ClientStream(exchange, self.settings.ping_interval, plan) if plan.streaming else None
         )
@@ -275,6 +276,14 @@ class Relay:
             if stream is not None:
                 stream.close()
                 metrics.stream_done(stream.opened, stream.first_content, time.monotonic())
+
+    def _begin(self, plan: Plan) -> None:
+        """Hook: the plan is about to run (subclasses note what it is for)."""
+
+    def _done(self, plan: Plan, converter: StreamConverter, cred: Credential) -> None:
+        """Hook: an attempt delivered the whole answer from ``cred``."""
+        if plan.on_done is not None:
+            plan.on_done(converter, cred)
 
     def _fail(
         self, exchange: Exchange, plan: Plan, stream: ClientStream | None, exc: KiroFastError
@@ -380,8 +389,7 @@ class Relay:
         response.release()
         if converter.truncated:
             metrics.truncated()
-        if plan.on_done is not None:
-            plan.on_done(converter, cred)
+        self._done(plan, converter, cred)
         if stream is not None:
             stream.finish(sink.take())
         else:
@@ -395,6 +403,15 @@ class Relay:
         stream: ClientStream | None,
         deadline: float,
     ) -> None:
+        """Read, decode and convert the whole answer; for a stream, the hot loop.
+
+        The loop makes one client write per upstream read and awaits nothing per event.
+        It is written out here rather than in a helper coroutine, whose frame every open
+        stream would keep. A read that brought the upstream's terminating chunk leaves
+        its events to :meth:`ClientStream.finish`, in the write that ends the response.
+        Nothing of a read (chunk, decoded frames, rendered bytes) is held while waiting
+        for the next one or for a slow client: up to three times a read's size per stream.
+        """
         decoder = EventStreamDecoder()
         content = response.content
         try:
@@ -402,7 +419,24 @@ class Relay:
             if stream is None:
                 await self._fold(chunk, content, decoder, converter)
             else:
-                await self._relay(chunk, content, decoder, converter, sink, stream)
+                feed, convert, take, send = decoder.feed, converter.feed, sink.take, stream.send
+                exchange, clock, at_eof = stream.exchange, stream.clock, content.is_eof
+                while chunk:
+                    stream.read_at = clock()
+                    messages = feed(chunk)
+                    chunk = b""
+                    if messages:
+                        convert(messages)
+                        del messages
+                        if not at_eof():
+                            data = take()
+                            if data:
+                                send(data)
+                                del data
+                                if exchange.paused:
+                                    await exchange.drain()
+                                    stream.read_at = clock()
+                    chunk = await content.readany()
         except UpstreamTimeout:
             raise  # no first event: _first_chunk said so
         except TimeoutError as exc:
@@ -419,41 +453,6 @@ class Relay:
         except TruncatedStream:
             log.warning("upstream body ended inside an event-stream frame")
         converter.finish()
-
-    @staticmethod
-    async def _relay(
-        chunk: bytes,
-        content: aiohttp.StreamReader,
-        decoder: EventStreamDecoder,
-        converter: StreamConverter,
-        sink: Any,
-        stream: ClientStream,
-    ) -> None:
-        """The hot loop: one client write per upstream read, no await per event.
-
-        A read that brought the upstream's terminating chunk leaves its events to
-        :meth:`ClientStream.finish`, in the write that ends the response. Nothing of a
-        read (chunk, decoded frames, rendered bytes) is held while waiting for the next
-        one or for a slow client: up to three times a read's size per stream.
-        """
-        feed, convert, take, send = decoder.feed, converter.feed, sink.take, stream.send
-        exchange, clock, at_eof = stream.exchange, stream.clock, content.is_eof
-        while chunk:
-            stream.read_at = clock()
-            messages = feed(chunk)
-            chunk = b""
-            if messages:
-                convert(messages)
-                del messages
-                if not at_eof():
-                    data = take()
-                    if data:
-                        send(data)
-                        del data
-                        if exchange.paused:
-                            await exchange.drain()
-                            stream.read_at = clock()
-            chunk = await content.readany()
 
     @staticmethod
     async def _fold(

@@ -54,6 +54,8 @@ KEEPALIVE_TIMEOUT: Final = 120.0
 STREAMING_SDK: Final = "1.0.34"
 RUNTIME_SDK: Final = "1.0.0"
 OIDC_SDK: Final = "3.980.0"
+#: Machine ids whose chat user-agent strings are kept (one per credential in use).
+AGENT_CACHE_MAX: Final = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,8 @@ class UpstreamClient:
         self._proxy_errors: tuple[type[Exception], ...] = ()
         self._timeout = _client_timeout(config)
         self._timeout_no_read = _client_timeout(config, sock_read=False)
+        #: machine id -> (the identity they were made for, (x-amz-user-agent, user-agent))
+        self._agents: dict[str, tuple[Identity, tuple[str, str]]] = {}
 
     def apply_config(self, config: Config) -> None:
         """Take changed runtime settings (:mod:`kiro_fast.live_settings`): identity, proxy,
@@ -210,20 +214,35 @@ class UpstreamClient:
             cred.machine_id = derive_machine_id(cred, self.identity.global_machine_id)
         return cred.machine_id
 
-    def chat_headers(self, cred: Credential) -> dict[str, str]:
+    def _chat_agents(self, cred: Credential) -> tuple[str, str]:
+        """The two user-agent values of chat calls, made once per identity and machine id:
+        every open stream's request headers then share them instead of holding copies."""
         ident = self.identity
-        suffix = f"KiroIDE-{ident.kiro_version}-{self.machine_id(cred)}"
+        machine_id = self.machine_id(cred)
+        cached = self._agents.get(machine_id)
+        if cached is not None and cached[0] is ident:
+            return cached[1]
+        suffix = f"KiroIDE-{ident.kiro_version}-{machine_id}"
+        agents = (
+            f"aws-sdk-js/{STREAMING_SDK} {suffix}",
+            f"aws-sdk-js/{STREAMING_SDK} ua/2.1 os/{ident.system_version} lang/js "
+            f"md/nodejs#{ident.node_version} "
+            f"api/codewhispererstreaming#{STREAMING_SDK} m/E {suffix}",
+        )
+        if len(self._agents) >= AGENT_CACHE_MAX:
+            self._agents.clear()
+        self._agents[machine_id] = (ident, agents)
+        return agents
+
+    def chat_headers(self, cred: Credential) -> dict[str, str]:
+        amz_agent, agent = self._chat_agents(cred)
         headers = {
             "content-type": "application/json",
             "authorization": "Bearer " + cred.bearer(),
             "x-amzn-codewhisperer-optout": "true",
             "x-amzn-kiro-agent-mode": "vibe",
-            "x-amz-user-agent": f"aws-sdk-js/{STREAMING_SDK} {suffix}",
-            "user-agent": (
-                f"aws-sdk-js/{STREAMING_SDK} ua/2.1 os/{ident.system_version} lang/js "
-                f"md/nodejs#{ident.node_version} "
-                f"api/codewhispererstreaming#{STREAMING_SDK} m/E {suffix}"
-            ),
+            "x-amz-user-agent": amz_agent,
+            "user-agent": agent,
             "amz-sdk-invocation-id": random_uuid(),
             "amz-sdk-request": "attempt=1; max=3",
         }
