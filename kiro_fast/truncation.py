@@ -30,7 +30,6 @@ Must not know HTTP, sinks or the upstream's event format.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -57,11 +56,15 @@ ENTRY_TTL: Final = 3_600.0
 #: The follow-up carries the partial answer and a new user message (or only the latter).
 _FOLLOW_UP_EXTRA: Final = (2, 1)
 
-_Key = tuple[str, int, bytes]
+_Key = tuple[str, int, int]
 
 
-def message_digest(message: Any) -> bytes:
-    """A hash of one client message, blind to ``cache_control`` markers."""
+def message_digest(message: Any) -> int:
+    """A hash of one client message, blind to ``cache_control`` markers.
+
+    Python's own 64-bit hash of the canonical JSON: the memory lives in one process, so
+    a per-process hash seed is no obstacle, and it is ~20x cheaper than a cryptographic
+    digest on the large tool results Claude Code sends (it runs on every request)."""
     if isinstance(message, dict):
         content = message.get("content")
         if isinstance(content, list):
@@ -71,7 +74,7 @@ def message_digest(message: Any) -> bytes:
         encoded = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):
         encoded = repr(message).encode("utf-8", "replace")
-    return hashlib.blake2b(encoded, digest_size=16).digest()
+    return hash(encoded)
 
 
 class Answered:
@@ -87,7 +90,7 @@ class Answered:
 
     def __init__(self, messages: Sequence[Any], *, fingerprint: bool = True) -> None:
         self.count = len(messages)
-        self.digest = message_digest(messages[-1]) if messages and fingerprint else b""
+        self.digest = message_digest(messages[-1]) if messages and fingerprint else None
 
 
 def _without_cache_control(block: Any) -> Any:
@@ -119,7 +122,7 @@ class TruncationMemory:
     def remember(self, session: str | None, messages: Sequence[Any] | Answered) -> None:
         """The answer to a request with these ``messages`` was cut."""
         answered = messages if isinstance(messages, Answered) else Answered(messages)
-        if not answered.count or not answered.digest:
+        if not answered.count or answered.digest is None:
             return
         key = (session or "", answered.count, answered.digest)
         if key in self._entries:
