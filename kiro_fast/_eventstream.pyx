@@ -222,6 +222,22 @@ cdef Py_ssize_t BUFFER_INITIAL = 4 * 1024
 
 cdef object _UUID = uuid.UUID
 
+#: Short header strings (names, event and content types) are shared by every decoder:
+#: each open stream's decoder keeps its last header dict, and its own copies of the same
+#: six strings would cost ~400 bytes per stream. Bounded: once full, nothing new is added.
+cdef Py_ssize_t SHARED_MAX = 512
+cdef Py_ssize_t SHARED_LEN_MAX = 64
+cdef dict _shared_strings = {}
+
+
+cdef inline object _shared(object text):
+    cdef object known = _shared_strings.get(text)
+    if known is not None:
+        return known
+    if len(_shared_strings) < SHARED_MAX and len(<str>text) <= SHARED_LEN_MAX:
+        _shared_strings[text] = text
+    return text
+
 
 def crc32(data, value=0):
     """IEEE CRC-32 of a bytes-like object, continuing from ``value`` (``zlib.crc32``)."""
@@ -305,7 +321,7 @@ cdef dict _decode_headers(const uint8_t *block, Py_ssize_t end):
         if pos + size + 1 > end:
             raise InvalidHeader("header name runs past the header block")
         try:
-            name = _utf8(block + pos, size)
+            name = _shared(_utf8(block + pos, size))
         except UnicodeDecodeError:
             raise InvalidHeader("header name is not valid utf-8") from None
         pos += size
@@ -320,7 +336,7 @@ cdef dict _decode_headers(const uint8_t *block, Py_ssize_t end):
                 raise InvalidHeader(f"header {name!r}: value runs past the header block")
             if kind == 7:
                 try:
-                    value = _utf8(block + pos, size)
+                    value = _shared(_utf8(block + pos, size))
                 except UnicodeDecodeError:
                     raise InvalidHeader(f"header {name!r}: value is not valid utf-8") from None
             else:

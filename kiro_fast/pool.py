@@ -140,6 +140,10 @@ class PoolSettings:
 Slots = list[tuple[str, str]]
 
 
+#: Shared by every first attempt: an empty frozenset is 216 bytes, held for the stream.
+_NO_EXCLUSIONS: Final[frozenset[int]] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     """What one attempt asks of the pool (see :meth:`CredentialPool.lease`)."""
@@ -370,7 +374,8 @@ class CredentialPool:
                 full or timed out (a 429 with ``retry-after``).
             NoCredentialAvailable: none configured, or all disabled or excluded.
         """
-        return Lease(self, _Request(frozenset(exclude), session, model, prefer))
+        excluded = frozenset(exclude) if exclude else _NO_EXCLUSIONS
+        return Lease(self, _Request(excluded, session, model, prefer))
 
     async def _acquire(self, request: _Request) -> tuple[Credential, Slots]:
         self._sync_soon()

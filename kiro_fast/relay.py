@@ -324,7 +324,13 @@ class Relay:
                 )
                 async with lease:
                     cred, token = lease.cred, lease.cred.access_token
-                    await self._attempt(exchange, plan, stream, cred)
+                    # Opening and delivering run in frames of their own; only _pump's
+                    # and this one live as long as the stream.
+                    sink = plan.make_sink()
+                    converter = plan.make_converter(sink)
+                    response, deadline = await self._open(plan, stream, sink, cred)
+                    await self._pump(response, converter, sink, stream, deadline)
+                    self._deliver(exchange, plan, stream, cred, converter, sink)
                 metrics.attempt_ok()
                 return
             except CredentialsBusy:
@@ -359,11 +365,10 @@ class Relay:
                 if decision.delay:
                     await asyncio.sleep(decision.delay)
 
-    async def _attempt(
-        self, exchange: Exchange, plan: Plan, stream: ClientStream | None, cred: Credential
-    ) -> None:
-        sink = plan.make_sink()
-        converter = plan.make_converter(sink)
+    async def _open(
+        self, plan: Plan, stream: ClientStream | None, sink: Any, cred: Credential
+    ) -> tuple[aiohttp.ClientResponse, float]:
+        """One attempt's upstream response, and the deadline for its first event."""
         if stream is not None:
             stream.attach(sink)
         deadline = time.monotonic() + self.settings.first_byte_timeout
@@ -378,15 +383,18 @@ class Relay:
         )
         if stream is not None:
             stream.watch(response.content, client.idle_timeout)
-        try:
-            await self._pump(response, converter, sink, stream, deadline)
-        except BaseException:
-            response.close()
-            raise
-        finally:
-            if stream is not None:
-                stream.unwatch()
-        response.release()
+        return response, deadline
+
+    def _deliver(
+        self,
+        exchange: Exchange,
+        plan: Plan,
+        stream: ClientStream | None,
+        cred: Credential,
+        converter: StreamConverter,
+        sink: Any,
+    ) -> None:
+        """The whole answer arrived: account for it and end the response."""
         if converter.truncated:
             metrics.truncated()
         self._done(plan, converter, cred)
@@ -403,7 +411,8 @@ class Relay:
         stream: ClientStream | None,
         deadline: float,
     ) -> None:
-        """Read, decode and convert the whole answer; for a stream, the hot loop.
+        """Read, decode and convert the whole answer (for a stream, the hot loop), then
+        release the response; close it on any failure.
 
         The loop makes one client write per upstream read and awaits nothing per event.
         It is written out here rather than in a helper coroutine, whose frame every open
@@ -415,44 +424,53 @@ class Relay:
         decoder = EventStreamDecoder()
         content = response.content
         try:
-            chunk = await self._first_chunk(content, deadline)
-            if stream is None:
-                await self._fold(chunk, content, decoder, converter)
-            else:
-                feed, convert, take, send = decoder.feed, converter.feed, sink.take, stream.send
-                exchange, clock, at_eof = stream.exchange, stream.clock, content.is_eof
-                while chunk:
-                    stream.read_at = clock()
-                    messages = feed(chunk)
-                    chunk = b""
-                    if messages:
-                        convert(messages)
-                        del messages
-                        if not at_eof():
-                            data = take()
-                            if data:
-                                send(data)
-                                del data
-                                if exchange.paused:
-                                    await exchange.drain()
-                                    stream.read_at = clock()
-                    chunk = await content.readany()
-        except UpstreamTimeout:
-            raise  # no first event: _first_chunk said so
-        except TimeoutError as exc:
-            metrics.stall()
-            raise UpstreamTimeout("upstream went silent mid-stream") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable("upstream stream broke off") from exc
-        except EventStreamError as exc:
-            if exc.messages:
-                converter.feed(exc.messages)  # type: ignore[arg-type]
+            try:
+                chunk = await self._first_chunk(content, deadline)
+                if stream is None:
+                    await self._fold(chunk, content, decoder, converter)
+                else:
+                    feed, convert, take = decoder.feed, converter.feed, sink.take
+                    send, exchange, clock = stream.send, stream.exchange, stream.clock
+                    at_eof = content.is_eof
+                    while chunk:
+                        stream.read_at = clock()
+                        messages = feed(chunk)
+                        chunk = b""
+                        if messages:
+                            convert(messages)
+                            del messages
+                            if not at_eof():
+                                data = take()
+                                if data:
+                                    send(data)
+                                    del data
+                                    if exchange.paused:
+                                        await exchange.drain()
+                                        stream.read_at = clock()
+                        chunk = await content.readany()
+            except UpstreamTimeout:
+                raise  # no first event: _first_chunk said so
+            except TimeoutError as exc:
+                metrics.stall()
+                raise UpstreamTimeout("upstream went silent mid-stream") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable("upstream stream broke off") from exc
+            except EventStreamError as exc:
+                if exc.messages:
+                    converter.feed(exc.messages)  # type: ignore[arg-type]
+                raise
+            try:
+                decoder.feed_eof()
+            except TruncatedStream:
+                log.warning("upstream body ended inside an event-stream frame")
+            converter.finish()
+        except BaseException:
+            response.close()
             raise
-        try:
-            decoder.feed_eof()
-        except TruncatedStream:
-            log.warning("upstream body ended inside an event-stream frame")
-        converter.finish()
+        finally:
+            if stream is not None:
+                stream.unwatch()
+        response.release()
 
     @staticmethod
     async def _fold(
