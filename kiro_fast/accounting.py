@@ -141,6 +141,7 @@ class RequestNote:
         "output_tokens",
         "stream",
         "error_status",
+        "models",
     )
 
     def __init__(self, key_id: int | None) -> None:
@@ -154,6 +155,8 @@ class RequestNote:
         self.stream = False
         #: the status of an error sent after the response started (an SSE error event)
         self.error_status = 0
+        #: the key's model allow-list (None: every model)
+        self.models: Sequence[str] | None = None
 
     def answered(self, cred: Credential, converter: StreamConverter) -> None:
         usage = converter.usage

@@ -380,6 +380,7 @@ class App:
         if key is None or not key.enabled:
             raise AuthenticationError("invalid API key")
         note = accounting.RequestNote(key.id)
+        note.models = key.models
         accounting.CURRENT.set(note)
         metrics.note_client_key(key.name)
         note.model = await self.client_keys.admit(key, request.body, self._kiro_model)
@@ -413,7 +414,16 @@ class App:
         exchange.send(200, JSON_HEADERS, orjson.dumps(body))
 
     async def list_models(self, request: Request, exchange: Exchange) -> None:
+        """The models this client may use: a client key's allow-list filters the list."""
         data = models.list_models()
+        note = accounting.CURRENT.get()
+        if note is not None and note.models is not None:
+            allowed = note.models
+            data = [
+                m
+                for m in data
+                if accounting.model_allowed(allowed, m["id"], self._kiro_model(m["id"]))
+            ]
         body = {
             "object": "list",
             "data": data,

@@ -117,6 +117,26 @@ def test_model_allow_list_answers_403(admin: Admin, http: Http) -> None:
     assert http.chat(by_kiro_id, model="claude-sonnet-4-5").status == 403
 
 
+def test_models_list_shows_only_what_the_key_may_use(admin: Admin, http: Http) -> None:
+    def listed(key: str) -> list[str]:
+        response = http.request("GET", "/v1/models", headers={"x-api-key": key})
+        assert response.status == 200
+        return [m["id"] for m in response.json["data"]]
+
+    everything = listed(API_KEY)
+    unrestricted, _ = new_key(admin, "any-model")
+    assert listed(unrestricted) == everything
+    haiku, _ = new_key(admin, "haiku-list", models=["claude-haiku-*"])
+    shown = listed(haiku)
+    assert shown and all(name.startswith("claude-haiku-") for name in shown)
+    assert shown == [name for name in everything if name.startswith("claude-haiku-")]
+    # A pattern on the Kiro id lists every client name that maps to it.
+    sonnet, _ = new_key(admin, "sonnet-4.6-list", models=["claude-sonnet-4.6"])
+    assert set(listed(sonnet)) == {"claude-sonnet-4-6", "claude-sonnet-4-6-thinking"}
+    for name in listed(sonnet):
+        assert http.chat(sonnet, model=name).status == 200
+
+
 def test_usage_statistics_by_key_model_and_credential(admin: Admin, http: Http) -> None:
     key, key_id = new_key(admin, "stats", rpmLimit=2)
     assert http.chat(key).status == 200
