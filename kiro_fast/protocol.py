@@ -870,7 +870,11 @@ class HttpProtocol(asyncio.Protocol):
         # return); a cancelled timer frees its handle, which an open stream would keep.
         self._cancel_timer()
         exchange = self._exchange = Exchange(self, request)
-        task = self._task = self._loop.create_task(exchange._run(self._app))
+        # Named by the request id, an existing string: on 3.11 an unnamed task formats a
+        # "Task-N" string of its own, held as long as the stream.
+        task = self._task = self._loop.create_task(
+            exchange._run(self._app), name=request.request_id
+        )
         self._state.tasks.add(task)
         task.add_done_callback(self._on_task_done)
 
