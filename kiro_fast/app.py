@@ -58,7 +58,7 @@ from .eventstream import IMPLEMENTATION
 from .logs import redact
 from .pool import CredentialPool
 from .protocol import Exchange, Request
-from .relay import JSON_HEADERS, Plan, Relay, session_key
+from .relay import JSON_HEADERS, ConverterFactory, Plan, Relay, session_key
 from .stream import StreamConverter
 from .upstream import UpstreamClient
 
@@ -156,7 +156,7 @@ def _render_anthropic_error(exc: KiroFastError) -> tuple[int, bytes]:
 
 class _AnthropicAnswer:
     """What an Anthropic Messages answer needs from its request, for as long as it
-    streams: the sink and converter settings and the truncation fingerprint (not the
+    streams: the sink settings and the truncation fingerprint (not the
     conversation)."""
 
     __slots__ = (
@@ -167,9 +167,6 @@ class _AnthropicAnswer:
         "_estimate",
         "_schema",
         "_request_id",
-        "_thinking",
-        "_tool_names",
-        "_context_window",
         "_client_session",
         "_answered",
     )
@@ -191,9 +188,6 @@ class _AnthropicAnswer:
         self._estimate = converted.input_tokens
         self._schema = schema
         self._request_id = request_id
-        self._thinking = converted.thinking
-        self._tool_names = converted.tool_names
-        self._context_window = converted.context_window
         self._client_session = converted.client_session
         self._answered = answered
 
@@ -219,15 +213,6 @@ class _AnthropicAnswer:
         if self._buffered:
             return BufferedSSESink(model, message_id, input_estimate=estimate)
         return AnthropicSSESink(model, message_id, input_estimate=estimate)
-
-    def make_converter(self, sink: Any) -> StreamConverter:
-        return StreamConverter(
-            sink,
-            thinking=self._thinking,
-            tool_names=self._tool_names,
-            context_window=self._context_window,
-            input_tokens=self._estimate,
-        )
 
     def on_done(self, converter: StreamConverter, cred: Any) -> None:
         truncation.record(
@@ -497,7 +482,7 @@ class App:
         return Plan(
             body=converted.body_json,
             make_sink=answer.make_sink,
-            make_converter=answer.make_converter,
+            make_converter=ConverterFactory(converted),
             streaming=answer.streaming,
             render_error=_render_anthropic_error,
             on_done=answer.on_done,

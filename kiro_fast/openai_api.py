@@ -39,9 +39,8 @@ from .openai_sse import (
     error_body,
 )
 from .protocol import Exchange, Request
-from .relay import JSON_HEADERS, Plan, session_key
+from .relay import JSON_HEADERS, ConverterFactory, Plan, session_key
 from .responses_store import ResponseStore
-from .stream import StreamConverter
 
 if TYPE_CHECKING:
     from .app import App, AppState
@@ -189,22 +188,10 @@ class OpenAIEndpoints:
         session: str | None,
     ) -> Plan:
         """The relay's plan; it keeps of ``converted`` only what the answer needs."""
-        thinking, tool_names = converted.thinking, converted.tool_names
-        context_window, input_tokens = converted.context_window, converted.input_tokens
-
-        def make_converter(sink: Any) -> StreamConverter:
-            return StreamConverter(
-                sink,
-                thinking=thinking,
-                tool_names=tool_names,
-                context_window=context_window,
-                input_tokens=input_tokens,
-            )
-
         return Plan(
             body=converted.body_json,
             make_sink=make_sink,
-            make_converter=make_converter,
+            make_converter=ConverterFactory(converted),
             streaming=streaming,
             render_error=render_error,
             session=converted.client_session or session,

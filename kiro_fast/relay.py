@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 
 from . import metrics
+from .convert import ConvertedRequest
 from .credentials import Credential
 from .errors import (
     CredentialsBusy,
@@ -94,6 +95,28 @@ class Plan:
     session: str | None = None
     #: the upstream model id: FREE accounts are not offered Opus
     model: str | None = None
+
+
+class ConverterFactory:
+    """``Plan.make_converter`` for a converted request: the four settings the event
+    converter needs from it, kept instead of the request (or a closure over it)."""
+
+    __slots__ = ("_thinking", "_tool_names", "_context_window", "_input_tokens")
+
+    def __init__(self, converted: ConvertedRequest) -> None:
+        self._thinking = converted.thinking
+        self._tool_names = converted.tool_names
+        self._context_window = converted.context_window
+        self._input_tokens = converted.input_tokens
+
+    def __call__(self, sink: Any) -> StreamConverter:
+        return StreamConverter(
+            sink,
+            thinking=self._thinking,
+            tool_names=self._tool_names,
+            context_window=self._context_window,
+            input_tokens=self._input_tokens,
+        )
 
 
 def session_key(payload: Mapping[str, Any]) -> str | None:
