@@ -19,6 +19,7 @@ from typing import Any
 
 import hypothesis
 import pytest
+from redis_server import redis_server  # noqa: F401 - the shared fixture, for every module
 
 pytest_plugins = ["secret_scan"]
 

@@ -18,9 +18,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final
+
+import pytest
 
 DEFAULT_BINARY: Final = "/usr/bin/redis-server"
 #: How long a fresh server may take to answer PING.
@@ -126,3 +129,18 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+#: A missing redis-server fails the tests instead of skipping them (CI sets it).
+REQUIRE_ALL = os.environ.get("KIRO_FAST_REQUIRE_ALL") == "1"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    missing = redis_server_missing()
+    if missing:
+        if REQUIRE_ALL:
+            pytest.fail(f"KIRO_FAST_REQUIRE_ALL=1 but {missing}")
+        pytest.skip(missing)
+    with RedisServer() as server:
+        yield server

@@ -22,7 +22,6 @@ Needs ``/usr/bin/redis-server``; skipped without it unless ``KIRO_FAST_REQUIRE_A
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import threading
@@ -45,30 +44,18 @@ from proc_harness import (
     wait_until,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from redis_server import RedisServer, redis_server_missing
+from redis_server import RedisServer
 
 from kiro_fast.errors import CredentialsBusy
 from kiro_fast.state import MemoryStore, client_key_hash, open_state
 from kiro_fast.testing import Account, Scenario
 
-REQUIRE_ALL = os.environ.get("KIRO_FAST_REQUIRE_ALL") == "1"
 CLIENT_KEY = "sk-multi-instance-client"
 ADMIN_KEY = "adm-multi-instance-" + "a" * 30
 REFRESH_TOKENS = ["aorMulti" + str(n) + "r" * 110 for n in range(3)]
 ACCESS_TOKENS = ["aoaMulti" + str(n) + "a" * 110 for n in range(3)]
 #: Stalled streams must outlive every wait of a test: only release() ends them.
 QUIET = {"streamIdleTimeout": 60, "firstByteTimeout": 30}
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    missing = redis_server_missing()
-    if missing:
-        if REQUIRE_ALL:
-            pytest.fail(f"KIRO_FAST_REQUIRE_ALL=1 but {missing}")
-        pytest.skip(missing)
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -24,14 +24,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, redis_server_missing
+from redis_server import RedisServer
 
 from kiro_fast.errors import ConfigError, InvalidRequest
 from kiro_fast.state import MemoryStore, SQLiteStore, StateStore, UsageEvent, open_state
@@ -39,7 +39,6 @@ from kiro_fast.state.base import USAGE_FLUSH_BATCH
 from kiro_fast.state.sqlite import SCHEMA_VERSION, migrate, schema_version
 
 REPO = Path(__file__).resolve().parent.parent
-REQUIRE_ALL = os.environ.get("KIRO_FAST_REQUIRE_ALL") == "1"
 #: 2026-01-01T00:00:00Z
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 HOUR = 3600.0
@@ -87,17 +86,6 @@ class Backend:
         self, clock: Callable[[], float] | None = None, flush_interval: float = 1.0
     ) -> StateStore:
         return open_state(self.url, clock=clock or self.clock, usage_flush_interval=flush_interval)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    missing = redis_server_missing()
-    if missing:
-        if REQUIRE_ALL:
-            pytest.fail(f"KIRO_FAST_REQUIRE_ALL=1 but {missing}")
-        pytest.skip(missing)
-    with RedisServer() as server:
-        yield server
 
 
 def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
